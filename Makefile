@@ -1,0 +1,88 @@
+# us3l-bench: one command per step. Every target installs what it needs first (idempotent).
+# Variables: WIDTH, CKPT, GPUS, DEMO=1 (built-in small data, CPU scale), PYTHON (an existing env
+# with a full Detectron2: used untouched), OUTPUT (default output/), ARGS (extra key=value overrides).
+SHELL := /bin/bash
+VENV ?= .venv
+DEFAULT_PYTHON := $(VENV)/bin/python
+PYTHON ?= $(DEFAULT_PYTHON)
+OUTPUT ?= output
+GPUS ?= 1
+WIDTH ?= 1.0
+WIDTHS ?= 1.0,0.75,0.5,0.25
+DATASET ?= cifar100
+EXECUTOR ?= local
+STAMP := $(VENV)/.us3l-install-stamp
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+
+ifeq ($(DEMO),1)
+PRETRAIN_CONFIG ?= pretrain/configs/demo_shapes.yaml
+CKPT ?= $(OUTPUT)/pretrain/demo_shapes/backbone.pth
+DEMO_FLAG := --demo
+TASKS ?= voc,coco,linear:shapes
+else
+PRETRAIN_CONFIG ?= pretrain/configs/imagenet_r50.yaml
+CKPT ?= $(OUTPUT)/pretrain/imagenet_r50/backbone.pth
+DEMO_FLAG :=
+TASKS ?= voc,coco,linear:cifar10,linear:cifar100,linear:flowers102,linear:pets,linear:dtd
+endif
+RESULTS ?= $(OUTPUT)/results
+PLOTS ?= $(OUTPUT)/plots
+
+ifeq ($(GPUS),1)
+LAUNCH := $(PYTHON) -m
+else
+LAUNCH := $(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS) -m
+endif
+
+.PHONY: install check-python test lint pretrain voc coco linear sweep plot demo clean
+
+ifeq ($(PYTHON),$(DEFAULT_PYTHON))
+install: $(STAMP)
+else
+install: check-python
+endif
+
+$(STAMP): pyproject.toml scripts/install.sh
+	bash scripts/install.sh $(VENV)
+	touch $@
+
+check-python:
+	@$(PYTHON) -c "import torch, torchvision, detectron2, pycocotools, submitit" \
+	  || { echo "PYTHON=$(PYTHON) lacks the stack (torch, torchvision, detectron2, pycocotools, submitit); unset PYTHON to use make install's .venv"; exit 2; }
+
+test: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m pytest $(if $(SLOW),,-m "not slow") $(PYTEST_ARGS)
+
+lint: install
+	$(PYTHON) -m ruff check .
+
+pretrain: install
+	$(LAUNCH) pretrain --config $(PRETRAIN_CONFIG) output_dir=$(OUTPUT)/pretrain $(ARGS)
+
+voc: install
+	$(PYTHON) -m detection.train --task voc --checkpoint $(CKPT) --width $(WIDTH) --num-gpus $(GPUS) \
+	  --results $(RESULTS) --output $(OUTPUT)/detection $(DEMO_FLAG) $(ARGS)
+
+coco: install
+	$(PYTHON) -m detection.train --task coco --checkpoint $(CKPT) --width $(WIDTH) --num-gpus $(GPUS) \
+	  --results $(RESULTS) --output $(OUTPUT)/detection $(DEMO_FLAG) $(ARGS)
+
+linear: install
+	$(PYTHON) -m transfer.linear --dataset $(if $(filter 1,$(DEMO)),shapes,$(DATASET)) --checkpoint $(CKPT) \
+	  --width $(WIDTH) --results $(RESULTS) $(DEMO_FLAG) $(ARGS)
+
+sweep: install
+	$(PYTHON) -m transfer.sweep --checkpoint $(CKPT) --tasks $(TASKS) --widths $(WIDTHS) \
+	  --executor $(EXECUTOR) --results $(RESULTS) --output $(OUTPUT)/sweep $(DEMO_FLAG) $(ARGS)
+
+plot: install
+	$(PYTHON) -m transfer.plot $(RESULTS) -o $(PLOTS)
+
+demo: install
+	$(MAKE) pretrain DEMO=1
+	$(MAKE) sweep DEMO=1 WIDTHS=1.0,0.75,0.5,0.25
+	$(MAKE) plot DEMO=1
+
+clean:
+	rm -rf $(OUTPUT)

@@ -1,0 +1,1 @@
+"""Transfer evaluation: linear recognition, sweeps over tasks and widths, results, plots."""

@@ -1,0 +1,96 @@
+"""The results store: one JSON record per evaluation job, written atomically into a directory.
+
+A record holds task, dataset, width, metrics, backbone params/MACs at that width, checkpoint hash,
+config, wall time, versions and whether the data was the built-in demo data (``demo``), so that
+plots and tables never mix demo numbers with real benchmark numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RECORD_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a result depends on."""
+    import torch
+    import torchvision
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+    try:
+        import detectron2
+
+        out["detectron2"] = detectron2.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def record_name(task: str, dataset: str, width: float, checkpoint_sha256: str) -> str:
+    """File name of the record of one (task, dataset, width, checkpoint) job."""
+    return f"{task}-{dataset}-w{float(width):.4f}-{checkpoint_sha256[:12]}.json"
+
+
+def make_record(task: str, dataset: str, width: float, metrics: dict[str, float], *, demo: bool,
+                checkpoint: str, checkpoint_sha256: str, method: str, arch: str, params: int, macs: int,
+                config: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
+    """A results record in the contract of DESIGN.md."""
+    return {
+        "record_version": RECORD_VERSION,
+        "task": task,
+        "dataset": dataset,
+        "width": float(width),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "demo": bool(demo),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256,
+        "method": method,
+        "arch": arch,
+        "params": int(params),
+        "macs": int(macs),
+        "config": config,
+        "wall_time_s": float(wall_time_s),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions(),
+    }
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_record(results_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write ``record`` atomically into ``results_dir``; returns its path."""
+    name = record_name(record["task"], record["dataset"], record["width"], record["checkpoint_sha256"])
+    return write_json_atomic(Path(results_dir) / name, record)
+
+
+def read_records(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """All records in ``results_dir`` (temporary files of jobs still writing are ignored)."""
+    out = []
+    for p in sorted(Path(results_dir).glob("*.json")):
+        with open(p) as f:
+            rec = json.load(f)
+        if rec.get("record_version") == RECORD_VERSION:
+            rec["_path"] = str(p)
+            out.append(rec)
+    return out
