@@ -1,0 +1,87 @@
+"""Detectron2 backbones for a slimmable ResNet at any width.
+
+``build_us3l_resnet_backbone`` builds ResNet-18/34/50/101 from Detectron2's own stem and block
+classes with every stage's channels taken from ``us3l.channel_plan(arch, MODEL.US3L.WIDTH)`` (never
+by doubling) and the stride in the 3x3 conv, as torchvision does; parameter names are Detectron2's
+(``stem.conv1``, ``res2.0.conv1.norm``, ``res3.0.shortcut`` ...). ``build_us3l_resnet_fpn_backbone``
+puts Detectron2's FPN on top.
+"""
+
+from __future__ import annotations
+
+import detection.d2compat  # noqa: F401  (before any detectron2 import)
+
+# isort: split
+from detectron2.config import CfgNode
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone import FPN, ResNet
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
+
+from us3l.channels import ChannelPlan, channel_plan
+
+GN_GROUPS = 32  # Detectron2's get_norm("GN", C) is GroupNorm(32, C)
+
+
+def check_norm(norm: str, channels: dict[str, int], what: str) -> None:
+    """GroupNorm needs every channel count divisible by 32: a clear config error otherwise."""
+    if norm != "GN":
+        return
+    bad = {k: c for k, c in channels.items() if c % GN_GROUPS}
+    if bad:
+        name, c = next(iter(bad.items()))
+        raise ValueError(
+            f"norm 'GN' needs channels divisible by {GN_GROUPS}, but {what} has {c} channels at {name} "
+            f"({len(bad)} layers affected); use MODEL.RESNETS.NORM/MODEL.FPN.NORM 'BN', 'SyncBN' or 'FrozenBN' "
+            "at this width"
+        )
+
+
+def resnet_from_plan(plan: ChannelPlan, norm: str = "BN", in_channels: int = 3,
+                     out_features: list[str] | None = None, freeze_at: int = 0) -> ResNet:
+    """A Detectron2 ``ResNet`` whose channels follow ``plan`` exactly."""
+    check_norm(norm, {k: c for k, c in plan.layers.items()}, f"{plan.arch} at width {plan.width:g}")
+    stem = BasicStem(in_channels=in_channels, out_channels=plan.stem, norm=norm)
+    stages, cin = [], plan.stem
+    for i, stage in enumerate(plan.stages):
+        blocks = []
+        for b in range(stage.blocks):
+            stride = stage.stride if b == 0 else 1
+            if stride != 1 and cin == stage.out:
+                # Detectron2 adds a projection shortcut only when channels change.
+                raise ValueError(f"res{i + 2}: a strided block with equal in/out channels ({cin}) is not supported")
+            if plan.block == "basic":
+                if stage.mid != stage.out:
+                    raise ValueError(f"res{i + 2}: basic blocks need equal mid and out channels")
+                blocks.append(BasicBlock(cin, stage.out, stride=stride, norm=norm))
+            else:
+                blocks.append(BottleneckBlock(cin, stage.out, bottleneck_channels=stage.mid, stride=stride,
+                                              norm=norm, stride_in_1x1=False))
+            cin = stage.out
+        stages.append(blocks)
+    return ResNet(stem, stages, out_features=out_features or ["res2", "res3", "res4", "res5"],
+                  freeze_at=freeze_at)
+
+
+def plan_from_cfg(cfg: CfgNode) -> ChannelPlan:
+    """The channel plan of ``MODEL.US3L.ARCH`` at ``MODEL.US3L.WIDTH``."""
+    return channel_plan(cfg.MODEL.US3L.ARCH, float(cfg.MODEL.US3L.WIDTH))
+
+
+@BACKBONE_REGISTRY.register()
+def build_us3l_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNet:
+    """Slimmable ResNet at ``MODEL.US3L.WIDTH`` (norm ``MODEL.RESNETS.NORM``)."""
+    return resnet_from_plan(plan_from_cfg(cfg), norm=cfg.MODEL.RESNETS.NORM, in_channels=input_shape.channels,
+                            out_features=list(cfg.MODEL.RESNETS.OUT_FEATURES),
+                            freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+
+
+@BACKBONE_REGISTRY.register()
+def build_us3l_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
+    """FPN (``MODEL.FPN.OUT_CHANNELS``) on the slimmable ResNet at ``MODEL.US3L.WIDTH``."""
+    bottom_up = build_us3l_resnet_backbone(cfg, input_shape)
+    check_norm(cfg.MODEL.FPN.NORM, {"fpn": cfg.MODEL.FPN.OUT_CHANNELS}, "the FPN")
+    return FPN(bottom_up=bottom_up, in_features=list(cfg.MODEL.FPN.IN_FEATURES),
+               out_channels=cfg.MODEL.FPN.OUT_CHANNELS, norm=cfg.MODEL.FPN.NORM,
+               top_block=LastLevelMaxPool(), fuse_type=cfg.MODEL.FPN.FUSE_TYPE)

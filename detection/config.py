@@ -1,0 +1,67 @@
+"""Our Detectron2 configs (this install ships no model-zoo files) and the ``MODEL.US3L`` keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import detection.d2compat  # noqa: F401  (before any detectron2 import)
+
+# isort: split
+from detectron2.config import CfgNode, get_cfg
+
+from us3l.channels import make_divisible
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+TASK_CONFIGS = {"voc": "voc_faster_rcnn_R50_FPN.yaml", "coco": "coco_mask_rcnn_R50_FPN_1x.yaml"}
+DEMO_CONFIG = "demo.yaml"
+DEMO_DATASETS = {"voc": ("shapes_voc_train", "shapes_voc_test"), "coco": ("shapes_coco_train", "shapes_coco_test")}
+
+
+def add_us3l_config(cfg: CfgNode) -> CfgNode:
+    """Add ``MODEL.US3L``: arch and width of the slimmable backbone, head scaling, BN calibration."""
+    cfg.MODEL.US3L = CfgNode()
+    cfg.MODEL.US3L.ARCH = "resnet50"
+    cfg.MODEL.US3L.WIDTH = 1.0
+    # Scale FPN and head channels with the width (small deployments); off = paper setting (256 everywhere).
+    cfg.MODEL.US3L.SCALE_HEADS = False
+    # BatchNorm calibration of the exported backbone at the width, on training images.
+    cfg.MODEL.US3L.CALIBRATION_BATCHES = 50
+    cfg.MODEL.US3L.CALIBRATION_BATCH_SIZE = 32
+    return cfg
+
+
+def scale_heads(cfg: CfgNode, width: float) -> None:
+    """Scale FPN and R-CNN head channels by ``width`` (same rounding rule as the backbone)."""
+    cfg.MODEL.FPN.OUT_CHANNELS = make_divisible(cfg.MODEL.FPN.OUT_CHANNELS * width)
+    cfg.MODEL.ROI_BOX_HEAD.CONV_DIM = make_divisible(cfg.MODEL.ROI_BOX_HEAD.CONV_DIM * width)
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = make_divisible(cfg.MODEL.ROI_BOX_HEAD.FC_DIM * width)
+    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = make_divisible(cfg.MODEL.ROI_MASK_HEAD.CONV_DIM * width)
+
+
+def build_config(task: str, *, arch: str, width: float, demo: bool = False, opts: list[str] | None = None,
+                 device: str = "cpu") -> CfgNode:
+    """The config of ``task`` ("voc" or "coco") for ``arch`` at ``width``; ``opts`` are KEY VALUE overrides.
+
+    ``--demo`` merges ``demo.yaml`` and switches the datasets to the procedural demo sets. AMP is on
+    exactly when ``device`` is CUDA. The config is not frozen.
+    """
+    if task not in TASK_CONFIGS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_CONFIGS)}")
+    cfg = add_us3l_config(get_cfg())
+    cfg.merge_from_file(str(CONFIG_DIR / TASK_CONFIGS[task]))
+    if demo:
+        cfg.merge_from_file(str(CONFIG_DIR / DEMO_CONFIG))
+        cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (DEMO_DATASETS[task][0],), (DEMO_DATASETS[task][1],)
+    cfg.MODEL.US3L.ARCH = arch
+    cfg.MODEL.US3L.WIDTH = float(width)
+    cfg.MODEL.DEVICE = device
+    cfg.SOLVER.AMP.ENABLED = device.startswith("cuda")
+    if opts:
+        if len(opts) % 2:
+            raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
+        cfg.merge_from_list(list(opts))
+    if float(cfg.MODEL.US3L.WIDTH) != float(width):
+        raise ValueError("set the width with --width, not MODEL.US3L.WIDTH")
+    if cfg.MODEL.US3L.SCALE_HEADS:
+        scale_heads(cfg, float(width))
+    return cfg
