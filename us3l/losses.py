@@ -1,0 +1,46 @@
+"""Self-supervised losses on projections (row vectors; normalised inside unless stated).
+
+- :func:`nt_xent`: SimCLR's NT-Xent over the 2N samples of two views (each sample's positive is its
+  other view; the other 2N-2 samples are negatives).
+- :func:`info_nce`: InfoNCE of queries against keys (positive: the key of the same sample; negatives:
+  the other keys, plus an optional queue of past keys as in MoCo).
+- :func:`cosine_distance` / :func:`unit_mse`: ``1 - cos``, i.e. half the squared distance of unit
+  vectors; its gradient w.r.t. the (unit) student vector is ``-z_t`` (US3L Eq. 8).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """NT-Xent of two views ``a``, ``b`` (N x D): mean over the 2N anchors."""
+    if a.shape != b.shape:
+        raise ValueError(f"nt_xent needs two views of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    n = a.shape[0]
+    z = F.normalize(torch.cat([a, b]).float(), dim=1)
+    sim = (z @ z.t()) / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, targets)
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.5,
+             queue: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE: row i of ``q`` should match row i of ``k`` against the other keys (and ``queue``)."""
+    qn, kn = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
+    logits = qn @ kn.t()
+    if queue is not None:
+        logits = torch.cat([logits, qn @ F.normalize(queue.float(), dim=1).t()], dim=1)
+    return F.cross_entropy(logits / temperature, torch.arange(q.shape[0], device=q.device))
+
+
+def cosine_distance(u_s: torch.Tensor, u_t: torch.Tensor) -> torch.Tensor:
+    """Per-row ``1 - <u_s, u_t>`` of unit vectors (= half their squared distance)."""
+    return 1.0 - (u_s * u_t).sum(dim=-1)
+
+
+def unit_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Mean :func:`cosine_distance` of the normalised ``s`` and ``t`` (negative cosine plus one)."""
+    return cosine_distance(F.normalize(s.float(), dim=-1), F.normalize(t.float(), dim=-1)).mean()
