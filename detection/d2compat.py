@@ -2,14 +2,16 @@
 
 The project's install builds Detectron2 0.6 as pure Python. ``detectron2.layers`` and
 ``detectron2.evaluation`` import ``_C`` at module level (deformable conv, rotated boxes, rotated
-ROIAlign, the fast COCO evaluator) although Faster/Mask R-CNN FPN never call those ops. Importing
-this module first installs a stand-in ``detectron2._C`` whose ops raise :class:`MissingOpError`
-naming the op and the fix. Where the real extension exists this module changes nothing.
+ROIAlign, the fast COCO evaluator) although Faster/Mask R-CNN FPN never call those ops. This module
+registers an import hook that supplies a stand-in ``detectron2._C`` whose ops raise
+:class:`MissingOpError` naming the op and the fix, but only where no real extension is found.
 Everything in the project imports Detectron2 through this module.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -25,7 +27,6 @@ class MissingOpError(RuntimeError):
 class _MissingExtension(types.ModuleType):
     """Stand-in for ``detectron2._C``: every op raises :class:`MissingOpError`."""
 
-    __file__ = __name__ + " (stand-in)"
 
     def __init__(self) -> None:
         super().__init__("detectron2._C", "Stand-in for the absent Detectron2 C++ extension.")
@@ -52,22 +53,37 @@ class _MissingExtension(types.ModuleType):
         return missing
 
 
+class _StandInLoader(importlib.abc.Loader):
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        return _MissingExtension()
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        """Nothing to run: the stand-in is complete when created."""
+
+
+class _StandInFinder(importlib.abc.MetaPathFinder):
+    """Last on ``sys.meta_path``: supplies ``detectron2._C`` only when no real one was found."""
+
+    def find_spec(self, fullname: str, path=None, target=None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "detectron2._C":
+            return None
+        return importlib.util.spec_from_loader(fullname, _StandInLoader())
+
+
 def has_native_ops() -> bool:
     """True when a compiled ``detectron2._C`` is installed."""
-    if isinstance(sys.modules.get("detectron2._C"), _MissingExtension):
-        return False
-    return importlib.util.find_spec("detectron2._C") is not None
+    spec = importlib.util.find_spec("detectron2._C")
+    return spec is not None and not isinstance(spec.loader, _StandInLoader)
 
 
 def install() -> None:
-    """Register the stand-in ``detectron2._C`` unless the real one exists (idempotent)."""
-    if "detectron2._C" in sys.modules or has_native_ops():
-        return
-    import detectron2
+    """Put the stand-in finder last on ``sys.meta_path`` (idempotent; a real ``_C`` is always found first).
 
-    stub = _MissingExtension()
-    sys.modules["detectron2._C"] = stub
-    detectron2._C = stub  # type: ignore[attr-defined]
+    The project's install also does this at interpreter start-up through a ``.pth`` file in the
+    virtual environment, so that plain ``import detectron2.modeling`` works there.
+    """
+    if not any(isinstance(f, _StandInFinder) for f in sys.meta_path):
+        sys.meta_path.append(_StandInFinder())
 
 
 install()

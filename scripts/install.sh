@@ -31,6 +31,9 @@ if ! "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
   "${PIP[@]}" install --no-deps --no-build-isolation "$work"/pb1-detectron2-0.6 2>&1 | grep -v "^WARNING: Location" || true
 fi
 "${PIP[@]}" install --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -c "import torch, torchvision, detectron2, pycocotools, submitit, us3l" \
+# Let plain `import detectron2.modeling` work in this venv: the _C stand-in hook loads at start-up.
+site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+echo "import detection.d2compat" > "$site/us3l_d2compat.pth"
+"$VENV/bin/python" -c "import torch, torchvision, detectron2.modeling, detectron2.evaluation, pycocotools, submitit, us3l" \
   || { echo "install: the environment in $VENV is incomplete (see the pip output above)" >&2; exit 1; }
 echo "install: $VENV ready (torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'))"
