@@ -1,0 +1,1 @@
+"""The pretraining program: ``python -m pretrain --config FILE [key=value ...]``."""

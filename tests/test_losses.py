@@ -1,0 +1,61 @@
+"""SSL losses against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from us3l.losses import cosine_distance, info_nce, nt_xent, unit_mse
+
+
+def _unit(v):
+    n = math.sqrt(sum(x * x for x in v))
+    return [x / n for x in v]
+
+
+def test_nt_xent_three_samples_by_hand():
+    a = [[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]
+    b = [[2.0, 0.5], [-0.5, 1.0], [1.0, -1.0]]
+    t = 0.5
+    z = [_unit(v) for v in a + b]  # anchors 0..5; positive of i is (i + 3) % 6
+    total = 0.0
+    for i in range(6):
+        sims = {j: sum(x * y for x, y in zip(z[i], z[j])) / t for j in range(6) if j != i}
+        pos = sims[(i + 3) % 6]
+        total += -pos + math.log(sum(math.exp(s) for s in sims.values()))
+    expected = total / 6
+    got = nt_xent(torch.tensor(a), torch.tensor(b), temperature=t)
+    assert abs(got.item() - expected) < 1e-6
+
+
+def test_info_nce_with_queue_by_hand():
+    q = [[1.0, 0.0], [0.6, 0.8]]
+    k = [[0.8, 0.6], [0.0, 1.0]]
+    queue = [[-1.0, 0.0]]
+    t = 0.2
+    total = 0.0
+    for i in range(2):
+        logits = [sum(x * y for x, y in zip(q[i], key)) / t for key in k + queue]
+        total += -logits[i] + math.log(sum(math.exp(v) for v in logits))
+    got = info_nce(torch.tensor(q), torch.tensor(k), t, torch.tensor(queue))
+    assert abs(got.item() - total / 2) < 1e-5
+
+
+def test_distillation_gradient_is_minus_teacher_for_unit_vectors():
+    """US3L Eq. 8: d/dz_s of the unit-vector MSE (1 - <z_s, z_t>) is -z_t."""
+    g = torch.Generator().manual_seed(0)
+    z_s = F.normalize(torch.randn(5, 16, generator=g), dim=1).requires_grad_(True)
+    z_t = F.normalize(torch.randn(5, 16, generator=g), dim=1)
+    loss = cosine_distance(z_s, z_t).sum()
+    loss.backward()
+    assert torch.allclose(z_s.grad, -z_t, atol=1e-7)
+    # The value is half the squared distance of the unit vectors.
+    assert torch.allclose(cosine_distance(z_s, z_t), 0.5 * (z_s - z_t).pow(2).sum(1), atol=1e-6)
+
+
+def test_unit_mse_normalises_and_is_scale_invariant():
+    s, t = torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 10.0]])
+    assert abs(unit_mse(s, t).item() - (1 - 0.8)) < 1e-6
+    assert abs(unit_mse(5 * s, t).item() - unit_mse(s, t).item()) < 1e-6
