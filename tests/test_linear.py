@@ -1,0 +1,186 @@
+"""Linear evaluation: end to end on CIFAR pickles, the feature cache, the protocol, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from test_linear_fixtures import write_checkpoint, write_cifar10
+
+import us3l
+from transfer import linear
+from transfer.features import cache_key, cache_path, load_cached, save_cached
+from transfer.linear import Evaluation, LinearConfig, Protocol, accuracy, backbone_batches, cached_batches, fit_linear
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("linear")
+    write_cifar10(root / "data", n_train=100, n_test=50)
+    ckpt = write_checkpoint(root / "ck.pth")
+    return root, ckpt
+
+
+def _argv(root, ckpt, width="0.5", *extra):
+    return ["--dataset", "cifar10", "--checkpoint", str(ckpt), "--width", width, "--results", str(root / "results"),
+            "--data-root", str(root / "data"), "--cache-dir", str(root / "cache"), "--epochs", "20", "--lr", "0.1",
+            *extra]
+
+
+def _entries(root):
+    return {p.name: p.stat().st_mtime_ns for p in (root / "cache").glob("*.pt")}
+
+
+def test_cli_writes_record_with_top1_params_macs(setup, capsys):
+    root, ckpt = setup
+    assert linear.main(_argv(root, ckpt)) == 0
+    assert "top-1" in capsys.readouterr().out
+    [path] = (root / "results").glob("linear-cifar10-w0.5000-*.json")
+    rec = json.loads(path.read_text())
+    assert (rec["task"], rec["dataset"], rec["width"], rec["demo"]) == ("linear", "cifar10", 0.5, False)
+    assert rec["checkpoint_sha256"] == us3l.file_sha256(ckpt)
+    assert rec["metrics"]["top1"] > 60  # colour-coded classes: far above chance (10) even from random init
+    params, macs = us3l.count_params_macs("resnet18", 0.5, input_size=32, num_classes=0, stem="cifar")
+    assert (rec["params"], rec["macs"]) == (params, macs)
+    assert rec["config"]["protocol"]["epochs"] == 20 and rec["config"]["input_size"] == 32
+    assert (rec["config"]["train_size"], rec["config"]["test_size"]) == (100, 50)
+    # the cached features have the width's feature size
+    [train] = [p for p in (root / "cache").glob("cifar10-train-w0.5000-*.pt")]
+    assert torch.load(train)["x"].shape == (100, us3l.channel_plan("resnet18", 0.5).feature_dim)
+
+
+def test_cache_is_reused_and_stale_entries_are_not(setup, tmp_path):
+    root, _ = setup
+    ckpt = write_checkpoint(tmp_path / "ck.pth", seed=1)
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    argv = ["--dataset", "cifar10", "--checkpoint", str(ckpt), "--width", "0.25", "--results", str(tmp_path / "r"),
+            "--data-root", str(data), "--cache-dir", str(tmp_path / "cache"), "--epochs", "3", "--lr", "0.1"]
+    assert linear.main(argv) == 0
+    first = _entries(tmp_path)
+    top1 = json.loads(next((tmp_path / "r").glob("*.json")).read_text())["metrics"]["top1"]
+    assert len(first) == 2  # train and test
+    assert linear.main(argv) == 0
+    assert _entries(tmp_path) == first  # read back, not rewritten
+    assert json.loads(next((tmp_path / "r").glob("*.json")).read_text())["metrics"]["top1"] == top1
+    write_checkpoint(ckpt, seed=2)  # new weights at the same path: new entries
+    assert linear.main(argv) == 0
+    second = _entries(tmp_path)
+    assert len(second) == 4 and set(first) < set(second)
+    write_cifar10(data, n_train=100, n_test=50, seed=5)  # new data: new entries
+    assert linear.main(argv) == 0
+    assert len(_entries(tmp_path)) == 6
+
+
+def test_entry_stored_under_another_key_is_not_read(tmp_path):
+    key_a = cache_key(checkpoint_sha256="a" * 64, width=0.5, dataset="cifar10", split="train", data="d")
+    key_b = {**key_a, "checkpoint_sha256": "b" * 64}
+    from transfer.features import Features
+
+    save_cached(tmp_path, key_a, Features(torch.ones(3, 4), torch.zeros(3, dtype=torch.int64)))
+    assert load_cached(tmp_path, key_a) is not None
+    shutil.copy(cache_path(tmp_path, key_a), cache_path(tmp_path, key_b))  # a mislabelled entry
+    assert load_cached(tmp_path, key_b) is None
+    cache_path(tmp_path, key_a).write_bytes(b"truncated")
+    assert load_cached(tmp_path, key_a) is None
+
+
+def test_cached_training_equals_training_through_the_backbone(setup):
+    root, ckpt = setup
+    cfg = LinearConfig(dataset="cifar10", checkpoint=str(ckpt), width=0.75, results=str(root / "results"),
+                       data_root=str(root / "data"), cache_dir=str(root / "cache"),
+                       protocol=Protocol(epochs=4, lr=0.1, batch_size=64))
+    ev = Evaluation(cfg)
+    train, test = ev.features("train"), ev.features("test")
+    dev = torch.device("cpu")
+    a = fit_linear(cached_batches(train, cfg.protocol, dev), train.x.shape[1], 10, cfg.protocol, dev)
+    b = fit_linear(backbone_batches(ev.backbone(), ev.data["train"], cfg.protocol, dev, 0), train.x.shape[1], 10,
+                   cfg.protocol, dev)
+    torch.testing.assert_close(a.weight, b.weight, atol=1e-4, rtol=1e-4)
+    assert accuracy(a, test, dev) == accuracy(b, test, dev)
+
+
+def test_features_equal_the_calibrated_slimmable_model(setup):
+    root, ckpt = setup
+    cfg = LinearConfig(dataset="cifar10", checkpoint=str(ckpt), width=0.35, results=str(root / "results"),
+                       data_root=str(root / "data"), cache_dir=str(root / "cache"), calib_batches=1,
+                       calib_batch_size=100)
+    feats = Evaluation(cfg).features("test")
+    # independent reference: the slimmable model itself, BN statistics from the whole training set at 0.35
+    model = us3l.load_checkpoint(ckpt).build_model()
+    ev = Evaluation(cfg)
+    images = torch.stack([ev.data["train"][i][0] for i in range(100)])
+    us3l.calibrate_bn(model, 0.35, [images], 1)
+    test_images = torch.stack([ev.data["test"][i][0] for i in range(50)])
+    with torch.no_grad():
+        ref = model.eval()(test_images)
+    torch.testing.assert_close(feats.x, ref, atol=1e-4, rtol=1e-4)
+    assert feats.y.tolist() == [i % 10 for i in range(50)]
+
+
+def test_protocol_defaults_are_the_papers():
+    p = Protocol()
+    assert (p.epochs, p.lr, p.momentum, p.weight_decay, p.batch_size) == (100, 30.0, 0.9, 0.0, 256)
+    assert p.milestone_epochs() == [60, 80]
+
+
+def test_accuracy_top_k():
+    from transfer.features import Features
+
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.3, 0.3, 0.4], [0.5, 0.2, 0.3]])
+    feats = Features(logits, torch.tensor([1, 2, 2, 2]))
+    acc = accuracy(torch.nn.Identity(), feats, torch.device("cpu"), ks=(1, 2, 5))
+    assert acc == {"top1": 50.0, "top2": 75.0}
+
+
+def test_augment_mode_writes_its_own_record(setup):
+    root, ckpt = setup
+    assert linear.main(_argv(root, ckpt, "0.25", "--augment", "--epochs", "1")) == 0
+    [path] = (root / "results").glob("linear-augment-cifar10-w0.2500-*.json")
+    rec = json.loads(path.read_text())
+    assert rec["task"] == "linear-augment" and rec["config"]["augment"] is True
+
+
+@pytest.mark.parametrize("change, message", [
+    (("--dataset", "flowers102"), "flowers-102"),
+    (("--width", "0.1"), "[0.25, 1]"),
+    (("--demo",), "--dataset shapes"),
+])
+def test_bad_input_is_one_line_exit_2(setup, capsys, change, message):
+    root, ckpt = setup
+    argv = _argv(root, ckpt)
+    if len(change) == 2:
+        argv[argv.index(change[0]) + 1] = change[1]
+    else:
+        argv.append(change[0])
+    assert linear.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    if "flowers" in message:
+        assert "DEMO=1" in err and str(root / "data") in err
+
+
+def test_not_a_checkpoint_and_bad_epochs(setup, tmp_path, capsys):
+    root, ckpt = setup
+    bogus = tmp_path / "weights.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, bogus)
+    argv = _argv(root, ckpt)
+    argv[argv.index("--checkpoint") + 1] = str(bogus)
+    assert linear.main(argv) == 2
+    assert "not a us3l backbone checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        linear.main([*_argv(root, ckpt), "--epochs", "0"])
+    assert e.value.code == 2
+
+
+@pytest.mark.slow  # generates the 3000 demo images; make demo runs this path too
+def test_demo_shapes_is_tagged_demo(tmp_path):
+    ckpt = write_checkpoint(tmp_path / "ck.pth", stem="imagenet")
+    argv = ["--dataset", "shapes", "--demo", "--checkpoint", str(ckpt), "--width", "0.25", "--results",
+            str(tmp_path / "r"), "--data-root", str(tmp_path / "data"), "--epochs", "2"]
+    assert linear.main(argv) == 0
+    rec = json.loads(next((tmp_path / "r").glob("*.json")).read_text())
+    assert rec["demo"] is True and rec["dataset"] == "shapes" and rec["config"]["input_size"] == 64
+    assert rec["config"]["num_classes"] == 6
