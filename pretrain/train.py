@@ -228,7 +228,7 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
             "iteration": total, "epoch": total / iters_per_epoch, "dataset": cfg.dataset,
             "data_root": str(cfg.data_root) if cfg.data_root else None, "image_size": cfg.image_size,
             "images_seen": total * cfg.batch_size, "student_forwards": forwards, "world_size": info.world_size,
-            "torch": torch.__version__})
+            "torch": str(torch.__version__)})
         log.info(f"backbone checkpoint: {backbone_path}")
     log.close()
     D.barrier()

@@ -10,6 +10,7 @@ import torch
 from us3l.samplers import build_sampler
 from us3l.ssl import PRESETS, SSLModel, ema_update_, preset_config, projection_std
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Several processes share 2 cores here; OpenMP threads spinning against each other cost 10-100x."""

@@ -1,0 +1,133 @@
+"""The pretraining program end to end (tiny, in-process): artifacts, schedule, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+import us3l
+from pretrain.__main__ import main
+
+TINY = {
+    "preset": "us3l", "arch": "resnet18", "stem": "imagenet", "width_range": [0.25, 1.0], "dataset": "shapes",
+    "image_size": 32, "batch_size": 8, "iterations": 4, "lr": 0.1, "proj_hidden": 32, "proj_dim": 16,
+    "aux_hidden": 32, "pred_hidden": 16, "num_workers": 0, "amp": False, "checkpoint_every": 2, "log_every": 1,
+    "deterministic": True, "device": "cpu",
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+def write_config(path: Path, data_dir: Path, **changes) -> Path:
+    path.write_text(yaml.safe_dump({**TINY, "data_root": str(data_dir), **changes}))
+    return path
+
+
+def test_end_to_end_run_writes_a_valid_checkpoint(tmp_path, data_dir, capsys):
+    cfg = write_config(tmp_path / "tiny.yaml", data_dir)
+    steps = []
+    handle = register_optimizer_step_post_hook(lambda *a: steps.append(1))
+    try:
+        assert main(["--config", str(cfg), f"output_dir={tmp_path / 'out'}"]) == 0
+    finally:
+        handle.remove()
+    assert len(steps) == 4  # exactly one optimizer step per iteration
+    run = tmp_path / "out" / "tiny"
+    ck = us3l.load_checkpoint(run / "backbone.pth")
+    assert (ck.arch, ck.stem, tuple(ck.width_range), ck.method) == ("resnet18", "imagenet", (0.25, 1.0), "us3l")
+    assert ck.provenance["iteration"] == 4 and ck.provenance["student_forwards"] == 10  # 2.5 T
+    assert ck.config["ssl"]["aux_head"] == "new"
+    model = ck.build_model()
+    us3l.set_width(model, 0.25)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, us3l.channel_plan("resnet18", 0.25).feature_dim)
+    log = (run / "train.log").read_text()
+    for i, w in enumerate(["1", "0.75", "0.5", "0.25"]):
+        assert f"iteration {i}: stage {i}, min width {w}\n" in log
+    assert "student forwards: 10 over 4 iterations (2.5 per iteration)" in log
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4]
+    assert [r["min_width"] for r in records] == [1.0, 0.75, 0.5, 0.25]
+    assert all(len(r["proj_std"]) == len(r["widths"]) for r in records)
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    # Running again finds the finished run and leaves the checkpoint alone.
+    sha = us3l.file_sha256(run / "backbone.pth")
+    assert main(["--config", str(cfg), f"output_dir={tmp_path / 'out'}"]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert us3l.file_sha256(run / "backbone.pth") == sha
+
+
+def test_single_width_baseline_checkpoint_range(tmp_path, data_dir):
+    cfg = write_config(tmp_path / "simclr.yaml", data_dir, preset="simclr", width=0.5, iterations=2)
+    assert main(["--config", str(cfg), f"output_dir={tmp_path}"]) == 0
+    ck = us3l.load_checkpoint(tmp_path / "simclr" / "backbone.pth")
+    assert tuple(ck.width_range) == (0.5, 0.5) and ck.method == "simclr"
+    assert ck.provenance["student_forwards"] == 2
+
+
+def _corrupt_resume(run: Path) -> None:
+    run.mkdir(parents=True)
+    (run / "last.pth").write_bytes(b"\x00garbage")
+
+
+@pytest.mark.parametrize("overrides, setup, message", [
+    (["preset=dino"], None, "unknown preset 'dino'"),
+    (["width_range=[0.0, 1.0]"], None, "must lie in (0, 1]"),
+    (["width_range=[0.25, 1.5]"], None, "must lie in (0, 1]"),
+    (["dataset=cifar100"], None, "not found at"),
+    (["bogus=1"], None, "unknown config key"),
+    (["batch_size=many"], None, "must be an integer"),
+    ([], _corrupt_resume, "corrupt or not a training state"),
+])
+def test_bad_input_is_one_line_error_exit_2(tmp_path, data_dir, capsys, overrides, setup, message):
+    cfg = write_config(tmp_path / "bad.yaml", data_dir if "dataset=cifar100" not in overrides else tmp_path / "none")
+    run = tmp_path / "out" / "bad"
+    if setup:
+        setup(run)
+    assert main(["--config", str(cfg), f"output_dir={tmp_path / 'out'}", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (run / "backbone.pth").exists()
+    written = sorted(p.name for p in run.iterdir()) if run.exists() else []
+    assert written == (["last.pth"] if setup else [])
+
+
+def test_resume_with_changed_config_is_refused(tmp_path, data_dir, capsys):
+    cfg = write_config(tmp_path / "c.yaml", data_dir, iterations=2)
+    assert main(["--config", str(cfg), f"output_dir={tmp_path}"]) == 0
+    (tmp_path / "c" / "backbone.pth").unlink()
+    assert main(["--config", str(cfg), f"output_dir={tmp_path}", "lr=0.2"]) == 2
+    assert "different config (lr: 0.1 -> 0.2)" in capsys.readouterr().err
+
+
+def test_missing_config_and_cli_misuse(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, capsys):
+    cfg = write_config(tmp_path / "nan.yaml", data_dir, lr=1.0e30, checkpoint_every=1, iterations=6)
+    assert main(["--config", str(cfg), f"output_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert "loss became nan" in err and "last good checkpoint" in err
+    state = torch.load(tmp_path / "nan" / "last.pth", weights_only=True)
+    assert 1 <= state["iteration"] < 6
+    assert not (tmp_path / "nan" / "backbone.pth").exists()
