@@ -39,9 +39,10 @@ def scale_heads(cfg: CfgNode, width: float) -> None:
 
 
 def build_config(task: str, *, arch: str, width: float, demo: bool = False, opts: list[str] | None = None,
-                 device: str = "cpu") -> CfgNode:
+                 device: str = "cpu", pixel: tuple[list[float], list[float]] | None = None) -> CfgNode:
     """The config of ``task`` ("voc" or "coco") for ``arch`` at ``width``; ``opts`` are KEY VALUE overrides.
 
+    ``pixel`` is (PIXEL_MEAN, PIXEL_STD) of the pretraining data (before ``opts``, which may override it).
     ``--demo`` merges ``demo.yaml`` and switches the datasets to the procedural demo sets. AMP is on
     exactly when ``device`` is CUDA. The config is not frozen.
     """
@@ -56,6 +57,8 @@ def build_config(task: str, *, arch: str, width: float, demo: bool = False, opts
     cfg.MODEL.US3L.WIDTH = float(width)
     cfg.MODEL.DEVICE = device
     cfg.SOLVER.AMP.ENABLED = device.startswith("cuda")
+    if pixel is not None:
+        cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = list(pixel[0]), list(pixel[1])
     if opts:
         if len(opts) % 2:
             raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
