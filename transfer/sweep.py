@@ -94,11 +94,12 @@ class JobSpec:
 
 def has_result(records: list[dict[str, Any]], spec: JobSpec, sha256: str, demo: bool) -> bool:
     """Whether ``records`` hold the result of ``spec`` for the checkpoint with hash ``sha256``."""
+    linear_task = "linear-augment" if "--augment" in spec.argv else "linear"
     for r in records:
         if r.get("checkpoint_sha256") != sha256 or abs(float(r.get("width", -1)) - spec.width) > 1e-9:
             continue
         if spec.task.kind == "linear":
-            if r.get("task") == "linear" and r.get("dataset") == spec.task.dataset:
+            if r.get("task") == linear_task and r.get("dataset") == spec.task.dataset:
                 return True
         elif r.get("task") == spec.task.kind and bool(r.get("demo")) == demo:
             return True
@@ -291,11 +292,12 @@ class Sweep:
         for t in self.jobs:
             if t.job is None or t.state in ("DONE", "FAILED"):
                 continue
-            if t.job.done():
+            # on Slurm the result file alone tells (submitit's sacct fallback fails without accounting)
+            if t.job.paths.result_pickle.exists() if self.cfg.executor == "slurm" else t.job.done():
                 self._finish(t)
             elif self.cfg.executor == "slurm":
                 state = queue.get(t.job.job_id)
-                t.unseen = 0 if state else t.unseen + 1
+                t.unseen = 0 if state or t.job.paths.result_pickle.exists() else t.unseen + 1
                 if state:
                     t.state = state
                 elif t.unseen >= 3:  # left the queue without a result (cancelled, node failure)

@@ -1,0 +1,100 @@
+"""Sweeps on the real single-node Slurm of scripts/slurm_up.sh: a job array, preemption and requeue,
+no resubmission, and a failing job reported with its log path. Skipped when Slurm is not up."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+from test_linear_fixtures import write_checkpoint, write_cifar10, write_cifar100
+
+from transfer import sweep
+from transfer.results import read_records
+
+
+def _slurm_up() -> str:
+    """Why Slurm is unusable, or '' when the local cluster accepts jobs."""
+    if not shutil.which("sbatch"):
+        return "Slurm is not installed"
+    try:
+        state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10).stdout
+    except (subprocess.TimeoutExpired, OSError):
+        return "Slurm's controller does not answer"
+    if not any(s.startswith(("idle", "mix", "alloc")) for s in state.split()):
+        return f"no Slurm node accepts jobs (sinfo: {state.strip() or 'nothing'})"
+    return ""
+
+
+REASON = _slurm_up()
+pytestmark = [pytest.mark.slurm,
+              pytest.mark.skipif(bool(REASON), reason=f"{REASON}: run `bash scripts/slurm_up.sh` (as root) first")]
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while not predicate():
+        if time.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def _slurm_state(job_id: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-r", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True).stdout
+    return out.strip()
+
+
+def test_slurm_sweep_preemption_rerun_and_failure(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_cifar10(data, n_train=100, n_test=50)
+    write_cifar100(data, n_train=100, n_test=50)
+    ckpt = write_checkpoint(tmp_path / "ck.pth")
+    results, output = tmp_path / "results", tmp_path / "sweep"
+    # --augment passes every epoch through the backbone, so a job runs long enough to be preempted mid-run
+    argv = ["--checkpoint", str(ckpt), "--executor", "slurm", "--results", str(results), "--output", str(output),
+            "--cpus-per-job", "1", "--poll-s", "0.5", "--linear-args",
+            f"--augment --epochs 15 --batch-size 50 --lr 0.1 --data-root {data}"]
+
+    # 1. 2 tasks x 2 widths as one job array; job 0 is preempted mid-run the way Slurm signals before a
+    #    timeout (USR2 to the job's steps): submitit checkpoints, requeues, and the job completes.
+    cfg = sweep.parse_args([*argv, "--tasks", "linear:cifar10,linear:cifar100", "--widths", "0.5,0.25"])
+    sw = sweep.Sweep(cfg)
+    sw.submit()
+    assert len({t.job.job_id.split("_")[0] for t in sw.jobs}) == 1 and len(sw.jobs) == 4  # one array
+    victim = sw.jobs[0].job
+    _wait_for(lambda: "linear cifar10 w=0.5" in (victim.stderr() or ""), 120, "job 0 to start training")
+    # scancel keeps retrying while the job requeues itself: stop it once the signal has landed
+    signal = subprocess.Popen(["scancel", "--signal", "USR2", victim.job_id], stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: "Requeued job" in (victim.stdout() or ""), 60, "the requeue")
+    finally:
+        signal.kill()
+        signal.wait()
+    # Slurm holds a requeued job for two minutes (BeginTime); let it start again now
+    _wait_for(lambda: "PENDING" in _slurm_state(victim.job_id), 30, "the job to be pending again")
+    subprocess.run(["scontrol", "update", f"JobId={victim.job_id}", "StartTime=now"], check=True)
+    assert sw.wait() == 0
+    log = victim.stdout()
+    assert "attempt 1" in log and "attempt 2" in log and "attempt 3" not in log
+    assert "Caught signal SIGUSR2" in log + (victim.stderr() or "")
+    records = read_records(results)
+    assert sorted((r["dataset"], r["width"]) for r in records) == [
+        ("cifar10", 0.25), ("cifar10", 0.5), ("cifar100", 0.25), ("cifar100", 0.5)]
+    assert all(r["task"] == "linear-augment" for r in records)
+    capsys.readouterr()
+
+    # 2. The same sweep again submits nothing.
+    assert sweep.main([*argv, "--tasks", "linear:cifar10,linear:cifar100", "--widths", "0.5,0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to submit" in out and "submitted" not in out
+
+    # 3. A job given a missing dataset fails with its log path reported; the other job completes.
+    assert sweep.main([*argv, "--tasks", "linear:cifar10,linear:dtd", "--widths", "0.75"]) == 1
+    out = capsys.readouterr().out
+    [failed] = [ln for ln in out.splitlines() if ln.startswith("FAILED ")]
+    assert failed.startswith("FAILED linear:dtd w=0.75: transfer.linear: error: dataset 'dtd' not found")
+    log = out.split("log: ", 1)[1].splitlines()[0]
+    assert "dataset 'dtd' not found" in open(log).read()
+    assert any(r["dataset"] == "cifar10" and r["width"] == 0.75 for r in read_records(results))
+    assert "5/6 jobs have results" not in out and "1/2 jobs have results" in out
