@@ -182,5 +182,5 @@ def test_demo_shapes_is_tagged_demo(tmp_path):
             str(tmp_path / "r"), "--data-root", str(tmp_path / "data"), "--epochs", "2"]
     assert linear.main(argv) == 0
     rec = json.loads(next((tmp_path / "r").glob("*.json")).read_text())
-    assert rec["demo"] is True and rec["dataset"] == "shapes" and rec["config"]["input_size"] == 64
+    assert rec["demo"] is True and rec["dataset"] == "shapes" and rec["config"]["input_size"] == 32
     assert rec["config"]["num_classes"] == 6

@@ -39,9 +39,9 @@ class DatasetSpec:
     demo: bool = False
 
 
-# The demo shapes are evaluated at a native small size (no 256/224 resize): 64 px for the ImageNet stem
-# (a 2x2 res5 map), 32 px for the CIFAR stem. This keeps a demo width's linear evaluation to seconds.
-SHAPES_SIZE = {"imagenet": 64, "cifar": 32}
+# The demo shapes are evaluated at their native 32 px, the size the demo pretraining uses (no 256/224
+# resize, for either stem): it keeps a demo width's linear evaluation to seconds on 2 cores.
+SHAPES_SIZE = 32
 
 SPECS: dict[str, DatasetSpec] = {
     s.name: s
@@ -96,17 +96,14 @@ def _build(name: str, root: Path, split: str, transform: Callable | None) -> Dat
 
 
 def build_dataset(name: str, split: str, transform: Callable | None = None,
-                  root: str | os.PathLike | None = None, stem: str = "imagenet") -> Dataset:
-    """Split ``split`` ("train" or "test") of dataset ``name`` under ``root`` (default: the data root).
-
-    ``stem`` picks the demo shapes' native image size (:data:`SHAPES_SIZE`).
-    """
+                  root: str | os.PathLike | None = None) -> Dataset:
+    """Split ``split`` ("train" or "test") of dataset ``name`` under ``root`` (default: the data root)."""
     spec(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     root = Path(root) if root is not None else default_data_root()
     if name == "shapes":
-        return ShapesDataset(root / "shapes", split=split, transform=transform, image_size=SHAPES_SIZE[stem])
+        return ShapesDataset(root / "shapes", split=split, transform=transform, image_size=SHAPES_SIZE)
     if not (root / SPECS[name].folder).is_dir():
         raise _missing(name, root, f"no folder {root / SPECS[name].folder}")
     try:
@@ -141,11 +138,11 @@ def fingerprint(folders: list[Path]) -> str:
 
 
 def input_size(stem: str, name: str) -> int:
-    """The evaluation input size: 32 (CIFAR stem), the shapes' native size, else 224."""
+    """The evaluation input size: 32 for the CIFAR stem and the demo shapes, else 224."""
     if stem == "cifar":
         return 32
     if name == "shapes":
-        return SHAPES_SIZE[stem]
+        return SHAPES_SIZE
     return 224
 
 
@@ -156,7 +153,7 @@ def _normalize(name: str) -> list:
 
 def eval_transform(stem: str, name: str) -> T.Compose:
     """Deterministic transform of the features: 32x32 for the CIFAR stem, resize 256 / crop 224 for the
-    ImageNet stem, the native size for the demo shapes; the dataset's normalisation (else ImageNet's)."""
+    ImageNet stem, the native 32 px for the demo shapes; the dataset's normalisation (else ImageNet's)."""
     size = input_size(stem, name)
     norm = _normalize(name)
     if size == 224:

@@ -169,7 +169,7 @@ class Evaluation:
         self.root = Path(cfg.data_root) if cfg.data_root else D.default_data_root()
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.results).parent / "cache" / "linear"
         self.transform = D.eval_transform(self.ck.stem, cfg.dataset)
-        self.data = {s: D.build_dataset(cfg.dataset, s, self.transform, self.root, self.ck.stem) for s in D.SPLITS}
+        self.data = {s: D.build_dataset(cfg.dataset, s, self.transform, self.root) for s in D.SPLITS}
         self.num_classes = D.num_classes(cfg.dataset, self.data["train"])
         self.calibration = {"split": "train", "batches": cfg.calib_batches, "batch_size": cfg.calib_batch_size,
                             "seed": cfg.protocol.seed, "transform": repr(self.transform)}
@@ -209,7 +209,7 @@ class Evaluation:
         if not self.cfg.augment:
             return cached_batches(self.features("train"), self.cfg.protocol, self.device)
         data = D.build_dataset(self.cfg.dataset, "train", D.augment_transform(self.ck.stem, self.cfg.dataset),
-                               self.root, self.ck.stem)
+                               self.root)
         return backbone_batches(self.backbone(), data, self.cfg.protocol, self.device, self.workers)
 
     def run(self) -> dict[str, float]:
