@@ -44,6 +44,7 @@ class PretrainConfig:
     seed: int = 0
     num_workers: int = 8
     amp: bool = True
+    precision: str = "float32"
     sync_bn: bool = True
     deterministic: bool = False
     checkpoint_every: int = 1000
@@ -161,5 +162,7 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError("batch_size must be >= 2 (contrastive losses need negatives)")
     if cfg.num_workers < 0 or cfg.warmup_iters < 0 or not 0.0 <= cfg.group_ramp <= 1.0:
         raise ConfigError("num_workers and warmup_iters must be >= 0 and group_ramp in [0, 1]")
+    if cfg.precision not in ("float32", "float64"):
+        raise ConfigError(f"precision must be float32 or float64, got {cfg.precision!r}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")

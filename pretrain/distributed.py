@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from us3l.layers import USBatchNorm2d
+from us3l.losses import at_least_fp32
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class _Gather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
+        grad = grad.clone(memory_format=torch.contiguous_format)  # never reduce autograd's buffer in place
         dist.all_reduce(grad)
         return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
 
@@ -94,7 +95,7 @@ def _global_moments(x: torch.Tensor, dims: list[int]) -> tuple[torch.Tensor, tor
 
 def _sync_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, c: int) -> torch.Tensor:
     dims = [0] + list(range(2, x.dim()))
-    mean, var, n = _global_moments(x.float(), dims)
+    mean, var, n = _global_moments(at_least_fp32(x), dims)
     if bn.track_running_stats:
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
@@ -102,7 +103,7 @@ def _sync_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, c: in
             bn.running_mean[:c].mul_(1 - m).add_(mean.detach(), alpha=m)
             bn.running_var[:c].mul_(1 - m).add_(var.detach() * n / max(n - 1, 1), alpha=m)
     shape = [1, -1] + [1] * (x.dim() - 2)
-    y = (x.float() - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
+    y = (at_least_fp32(x) - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
     if bn.affine:
         y = y * bn.weight[:c].view(shape) + bn.bias[:c].view(shape)
     return y.to(x.dtype)

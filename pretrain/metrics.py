@@ -23,7 +23,7 @@ class RunLogger:
         self.metrics_path, self.text_path = run_dir / "metrics.jsonl", run_dir / "train.log"
         if self.metrics_path.exists():
             kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("iteration", 0) < start]
+                    if line.strip() and json.loads(line).get("iteration", 0) <= start]
             self.metrics_path.write_text("".join(f"{line}\n" for line in kept))
         from torch.utils.tensorboard import SummaryWriter  # slow import, main process only
 

@@ -119,7 +119,8 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
     state = load_state(last_path, config_dict) if last_path.exists() else None
 
     torch.manual_seed(cfg.seed)
-    model = SSLModel(ssl_cfg, cfg.arch, cfg.stem, cfg.width_range).to(device)
+    dtype = torch.float64 if cfg.precision == "float64" else torch.float32
+    model = SSLModel(ssl_cfg, cfg.arch, cfg.stem, cfg.width_range).to(device, dtype)
     if cfg.sync_bn and info.world_size > 1:
         D.convert_sync_bn(model)
     reg = None
@@ -127,7 +128,7 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
         reg = GroupRegularizer(model.encoder.backbone, cfg.weight_decay, ssl_cfg.group_alpha, ssl_cfg.groups,
                                ramp_iters=int(cfg.group_ramp * total))
     optimizer = torch.optim.SGD(_param_groups(model, cfg, reg is not None), lr=cfg.lr, momentum=cfg.momentum)
-    use_amp = cfg.amp and device.type == "cuda"
+    use_amp = cfg.amp and device.type == "cuda" and dtype == torch.float32
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     start, forwards = 0, 0
     if state is not None:
@@ -162,7 +163,7 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
                                                                    first),
                                 num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
             for x1, x2 in loader:
-                yield it, x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+                yield it, x1.to(device, dtype, non_blocking=True), x2.to(device, dtype, non_blocking=True)
                 it += 1
                 if it >= total:
                     return

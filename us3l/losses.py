@@ -14,12 +14,17 @@ import torch
 import torch.nn.functional as F
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if it is half precision (AMP), else unchanged (float64 stays float64)."""
+    return t if t.dtype in (torch.float32, torch.float64) else at_least_fp32(t)
+
+
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """NT-Xent of two views ``a``, ``b`` (N x D): mean over the 2N anchors."""
     if a.shape != b.shape:
         raise ValueError(f"nt_xent needs two views of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     n = a.shape[0]
-    z = F.normalize(torch.cat([a, b]).float(), dim=1)
+    z = F.normalize(at_least_fp32(torch.cat([a, b])), dim=1)
     sim = (z @ z.t()) / temperature
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
@@ -29,10 +34,10 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.5) -> torch
 def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.5,
              queue: torch.Tensor | None = None) -> torch.Tensor:
     """InfoNCE: row i of ``q`` should match row i of ``k`` against the other keys (and ``queue``)."""
-    qn, kn = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
+    qn, kn = F.normalize(at_least_fp32(q), dim=1), F.normalize(at_least_fp32(k), dim=1)
     logits = qn @ kn.t()
     if queue is not None:
-        logits = torch.cat([logits, qn @ F.normalize(queue.float(), dim=1).t()], dim=1)
+        logits = torch.cat([logits, qn @ F.normalize(at_least_fp32(queue), dim=1).t()], dim=1)
     return F.cross_entropy(logits / temperature, torch.arange(q.shape[0], device=q.device))
 
 
@@ -43,4 +48,4 @@ def cosine_distance(u_s: torch.Tensor, u_t: torch.Tensor) -> torch.Tensor:
 
 def unit_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Mean :func:`cosine_distance` of the normalised ``s`` and ``t`` (negative cosine plus one)."""
-    return cosine_distance(F.normalize(s.float(), dim=-1), F.normalize(t.float(), dim=-1)).mean()
+    return cosine_distance(F.normalize(at_least_fp32(s), dim=-1), F.normalize(at_least_fp32(t), dim=-1)).mean()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import USLinear, set_width
-from .losses import info_nce, nt_xent, unit_mse
+from .losses import at_least_fp32, info_nce, nt_xent, unit_mse
 from .models import USResNet, build_model
 from .samplers import SAMPLERS
 
@@ -132,7 +132,7 @@ def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
 
 def projection_std(z: torch.Tensor) -> float:
     """Collapse monitor: mean per-dimension std of the unit-normalised rows (0 = collapsed; ~1/sqrt(D) healthy)."""
-    return F.normalize(z.detach().float(), dim=1).std(dim=0).mean().item()
+    return F.normalize(at_least_fp32(z.detach()), dim=1).std(dim=0).mean().item()
 
 
 class Encoder(nn.Module):
@@ -226,7 +226,7 @@ class SSLModel(nn.Module):
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:
         size = self.queue.shape[0]
-        keys = F.normalize(keys.float(), dim=1)[-size:]
+        keys = F.normalize(at_least_fp32(keys), dim=1)[-size:]
         idx = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
         self.queue[idx] = keys
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
@@ -244,7 +244,7 @@ class SSLModel(nn.Module):
             with torch.no_grad(), autocast():
                 self.momentum_encoder.set_width(self.max_width)
                 k = self.momentum_encoder(torch.cat([x1, x2]))
-            k1, k2 = (gather(t.float()) for t in k.chunk(2))
+            k1, k2 = (gather(at_least_fp32(t)) for t in k.chunk(2))
         views = torch.cat([x1, x2])
         out = StepOutput(0.0, [], [], [])
         z_max: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -253,17 +253,17 @@ class SSLModel(nn.Module):
                 self.encoder.set_width(w)
                 with autocast():
                     z = self.encoder(views)
-                z1, z2 = (gather(t.float()) for t in z.chunk(2))
+                z1, z2 = (gather(at_least_fp32(t)) for t in z.chunk(2))
                 if i == 0:
                     with autocast():
                         h = self._base_head(z)
-                    h1, h2 = (gather(t.float()) for t in h.chunk(2))
+                    h1, h2 = (gather(at_least_fp32(t)) for t in h.chunk(2))
                     loss = self._base_loss(h1, h2, z1, z2, k1, k2)
                     z_max = (z1.detach(), z2.detach())
                 else:
                     with autocast():
                         s = self._sub_head(z)
-                    s1, s2 = (gather(t.float()) for t in s.chunk(2))
+                    s1, s2 = (gather(at_least_fp32(t)) for t in s.chunk(2))
                     t1, t2 = (k1, k2) if cfg.momentum_sub else z_max
                     loss = self._distill_loss(s1, s2, t1, t2)
                 backward(loss)

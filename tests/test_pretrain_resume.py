@@ -1,0 +1,91 @@
+"""Killed with SIGKILL after its first checkpoint and resumed, a run ends bitwise identical to an
+uninterrupted one; 2 gloo processes follow the 1-process loss trajectory with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "preset": "us3l", "arch": "resnet18", "stem": "imagenet", "width_range": [0.25, 1.0], "dataset": "shapes",
+    "image_size": 32, "batch_size": 8, "lr": 0.1, "proj_hidden": 32, "proj_dim": 16, "aux_hidden": 32,
+    "num_workers": 0, "amp": False, "log_every": 1, "deterministic": True, "device": "cpu",
+}
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _config(tmp_path: Path, name: str, **changes) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "data_root": str(tmp_path / "data"), **changes}))
+    return path
+
+
+def _pretrain(cfg: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pretrain", "--config", str(cfg), f"output_dir={out}", *extra]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigkill_after_first_checkpoint_then_resume_is_bitwise_identical(tmp_path):
+    cfg = _config(tmp_path, "run", iterations=16, checkpoint_every=4)
+    subprocess.run(_pretrain(cfg, tmp_path / "a"), env=_env(), check=True, capture_output=True, cwd=ROOT)
+
+    run_b = tmp_path / "b" / "run"
+    proc = subprocess.Popen(_pretrain(cfg, tmp_path / "b"), env=_env(), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (run_b / "last.pth").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(run_b / "last.pth", weights_only=True)["iteration"]
+    assert killed_at == 4 and not (run_b / "backbone.pth").exists()
+
+    done = subprocess.run(_pretrain(cfg, tmp_path / "b"), env=_env(), capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in (run_b / "train.log").read_text()
+    a, b = _weights(tmp_path / "a" / "run" / "backbone.pth"), _weights(run_b / "backbone.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    state_a = torch.load(tmp_path / "a" / "run" / "last.pth", weights_only=True)
+    state_b = torch.load(run_b / "last.pth", weights_only=True)
+    assert all(torch.equal(state_a["model"][k], state_b["model"][k]) for k in state_a["model"])  # heads, EMA
+    assert _losses(tmp_path / "a" / "run") == _losses(run_b) and len(_losses(run_b)) == 16
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    """Same global batch of 8: 1 process vs 2 gloo processes of 4 (gathered losses, global BN).
+
+    In float32 the two runs differ by reduction order (~1e-7), enough to flip a ReLU whose input is
+    ~1e-7 from zero and make the trajectories drift apart chaotically; float64 keeps ties out of reach."""
+    cfg = _config(tmp_path, "ddp", iterations=5, checkpoint_every=5, precision="float64")
+    subprocess.run(_pretrain(cfg, tmp_path / "one"), env=_env(), check=True, capture_output=True, cwd=ROOT)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          *_pretrain(cfg, tmp_path / "two")[1:]], env=_env(), capture_output=True, text=True,
+                         cwd=ROOT)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one_rec = [json.loads(x) for x in (tmp_path / "one" / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    two_rec = [json.loads(x) for x in (tmp_path / "two" / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in two_rec] == [1, 2, 3, 4, 5]
+    assert [r["widths"] for r in one_rec] == [r["widths"] for r in two_rec]
+    for r1, r2 in zip(one_rec, two_rec):
+        assert abs(r1["loss"] - r2["loss"]) < 1e-4, (r1["iteration"], r1["loss"], r2["loss"])
+    ck = torch.load(tmp_path / "two" / "ddp" / "backbone.pth", weights_only=True)
+    assert ck["provenance"]["world_size"] == 2
