@@ -9,6 +9,14 @@ from typing import Any
 from tqdm import tqdm
 
 
+def _iteration(line: str) -> float:
+    """Iteration of a metrics line; a line cut short by a kill counts as after any resume point."""
+    try:
+        return json.loads(line)["iteration"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class RunLogger:
     """Appends to ``metrics.jsonl`` / ``train.log`` and writes TensorBoard events under ``tb/``.
 
@@ -22,8 +30,7 @@ class RunLogger:
             return
         self.metrics_path, self.text_path = run_dir / "metrics.jsonl", run_dir / "train.log"
         if self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("iteration", 0) <= start]
+            kept = [line for line in self.metrics_path.read_text().splitlines() if _iteration(line) <= start]
             self.metrics_path.write_text("".join(f"{line}\n" for line in kept))
         from torch.utils.tensorboard import SummaryWriter  # slow import, main process only
 

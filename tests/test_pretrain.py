@@ -131,3 +131,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir, capsy
     state = torch.load(tmp_path / "nan" / "last.pth", weights_only=True)
     assert 1 <= state["iteration"] < 6
     assert not (tmp_path / "nan" / "backbone.pth").exists()
+
+
+def test_resumed_metrics_drop_records_after_the_checkpoint(tmp_path):
+    from pretrain.metrics import RunLogger
+
+    lines = [json.dumps({"iteration": i, "loss": 1.0}) for i in range(1, 6)] + ['{"iteration": 6, "lo']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    log = RunLogger(tmp_path, enabled=True, start=3)
+    log.record({"iteration": 4, "loss": 2.0})
+    log.close()
+    kept = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["iteration"], r["loss"]) for r in kept] == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 2.0)]
