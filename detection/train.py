@@ -208,6 +208,7 @@ def worker(cfg: CfgNode, job: Job) -> None:
         register_shapes(job.datasets_dir)
     start = time.time()
     trainer = Trainer(cfg)
+    cfg = trainer.cfg  # scaled to this world size by REFERENCE_WORLD_SIZE (batch, LR, iterations)
     if job.weights:
         where = load_backbone_weights(trainer.model, read_weights(job.weights), job.weights)
         logger.info("loaded %s into %s: no missing, unexpected or mis-shaped backbone tensors", job.weights, where)

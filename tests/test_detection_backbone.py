@@ -160,3 +160,17 @@ def test_convert_cli(tmp_path, image_dir, capsys):
     assert "outside the range [0.25, 1]" in capsys.readouterr().err
     assert main([str(out), "--width", "0.5", "-o", str(tmp_path / "x.pkl"), "--calibration-batches", "0"]) == 2
     assert "expected a us3l backbone checkpoint" in capsys.readouterr().err
+
+
+def test_configs_follow_reference_world_size_rule():
+    from detectron2.engine import DefaultTrainer
+
+    voc = build_config("voc", arch="resnet50", width=1.0)
+    assert (voc.SOLVER.IMS_PER_BATCH, voc.SOLVER.BASE_LR, voc.SOLVER.MAX_ITER) == (16, 0.02, 24000)
+    assert voc.INPUT.MIN_SIZE_TRAIN == (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+    assert voc.MODEL.RESNETS.NORM == voc.MODEL.FPN.NORM == voc.MODEL.ROI_BOX_HEAD.NORM == "SyncBN"
+    one_gpu = DefaultTrainer.auto_scale_workers(voc, 1)
+    assert (one_gpu.SOLVER.IMS_PER_BATCH, one_gpu.SOLVER.BASE_LR, one_gpu.SOLVER.MAX_ITER) == (2, 0.0025, 192000)
+    assert one_gpu.SOLVER.STEPS == (144000, 176000)
+    coco = build_config("coco", arch="resnet50", width=1.0)
+    assert coco.MODEL.MASK_ON and (coco.SOLVER.MAX_ITER, coco.SOLVER.STEPS) == (90000, (60000, 80000))
