@@ -25,6 +25,7 @@ from us3l.ssl import SSLModel, preset_config
 
 # name -> switches (Table 7's columns: base loss, distillation loss, auxiliary head, momentum targets)
 CONFIGS: dict[str, dict] = {
+    "random init, no training (reference)": {},
     "infonce / mse, no head, no momentum": {"momentum_base": False, "momentum_sub": False, "aux_head": "off"},
     "mse(simsiam) / mse, no head, no momentum": {"base_loss": "mse", "momentum_base": False,
                                                  "momentum_sub": False, "aux_head": "off"},
@@ -63,31 +64,30 @@ def linear_probe(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Ten
     return (clf(xte).argmax(1) == yte).float().mean().item()
 
 
-def run(name: str, switches: dict, args, views, probe_train, probe_test, calib) -> None:
+def run(name: str, switches: dict, iters: int, args, views, probe_train, probe_test, calib) -> None:
     torch.manual_seed(0)
     cfg = preset_config("us3l", sampler="sandwich3", proj_hidden=512, proj_dim=128, aux_hidden=512,
                         pred_hidden=128, **switches)
     model = SSLModel(cfg, "resnet18", "imagenet")
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr, momentum=0.9,
                           weight_decay=1e-4)
-    sampler = build_sampler("sandwich3", args.iters, (0.25, 1.0), seed=0)
+    sampler = build_sampler("sandwich3", max(iters, 1), (0.25, 1.0), seed=0)
     loader = DataLoader(views, batch_size=args.batch, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(0))
     start, it, last = time.perf_counter(), 0, []
     model.train()
-    while it < args.iters:
+    while it < iters:
         for x1, x2 in loader:
             opt.zero_grad(set_to_none=True)
             out = model.train_step(x1, x2, sampler.widths(it), lambda loss: loss.backward())
             opt.step()
             last = (last + [out])[-5:]
             it += 1
-            if it == args.iters:
+            if it == iters:
                 break
-    loss = sum(o.loss for o in last) / len(last)
-    std_max = sum(o.proj_std[0] for o in last) / len(last)
-    std_mid = sum(o.proj_std[1] for o in last) / len(last)
-    std_min = sum(o.proj_std[-1] for o in last) / len(last)
+    n = max(len(last), 1)
+    loss, std_max, std_mid, std_min = (sum(o.loss for o in last) / n, sum(o.proj_std[0] for o in last) / n,
+                                       sum(o.proj_std[1] for o in last) / n, sum(o.proj_std[-1] for o in last) / n)
     backbone = model.encoder.backbone
     accs = []
     for w in PROBE_WIDTHS:
@@ -121,7 +121,8 @@ def main() -> None:
           f"{'std@U':>6s} {'std@.25':>6s}  " + " ".join(f"{w:>5g}" for w in PROBE_WIDTHS))
     for name, switches in CONFIGS.items():
         if args.only in name:
-            run(name, switches, args, views, probe_train, probe_test, calib)
+            iters = 0 if "no training" in name else args.iters
+            run(name, switches, iters, args, views, probe_train, probe_test, calib)
 
 
 if __name__ == "__main__":
