@@ -221,7 +221,7 @@ def _table(records: list[dict[str, Any]], name: str, columns: list[tuple[str, An
     lines = [f"**{name}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (s, w), rows in sorted(groups.items(), key=lambda kv: (kv[0][0].reference, kv[0][0].label, -kv[0][1])):
         macs = next((r["macs"] for r in rows if r.get("macs")), None)
-        cells = [s.label, _width(w), "-" if not macs else f"{macs / 1e9:.2f}", *[_fmt(f(rows)) for _, f in columns]]
+        cells = [s.label, _width(w), "-" if not macs else f"{macs / 1e9:.3g}", *[_fmt(f(rows)) for _, f in columns]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
