@@ -174,3 +174,20 @@ def test_configs_follow_reference_world_size_rule():
     assert one_gpu.SOLVER.STEPS == (144000, 176000)
     coco = build_config("coco", arch="resnet50", width=1.0)
     assert coco.MODEL.MASK_ON and (coco.SOLVER.MAX_ITER, coco.SOLVER.STEPS) == (90000, (60000, 80000))
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", "SyncBN"])
+def test_other_norms_load_strictly_and_match(tmp_path, norm):
+    torch.manual_seed(1)
+    model = us3l.models.us_resnet18(num_classes=0)
+    us3l.save_checkpoint(tmp_path / "ck.pth", model, method="test", config={}, provenance={})
+    ck = us3l.load_checkpoint(tmp_path / "ck.pth")
+    data = read_weights(convert(ck, 0.35, tmp_path / "w.pkl"))
+    cfg = build_config("voc", arch="resnet18", width=0.35, opts=["MODEL.RESNETS.NORM", norm])
+    d2 = build_us3l_resnet_backbone(cfg, ShapeSpec(channels=3))
+    load_backbone_weights(d2, data)
+    exported = us3l.export_subnet(ck.build_model().eval(), 0.35).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        diff = (d2.eval()(x)["res5"] - tv_stages(exported, x)["res5"]).abs().max().item()
+    assert diff < 1e-4
