@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from test_linear_fixtures import write_checkpoint, write_cifar10, write_cifar100
@@ -98,3 +99,16 @@ def test_slurm_sweep_preemption_rerun_and_failure(tmp_path, capsys):
     assert "dataset 'dtd' not found" in open(log).read()
     assert any(r["dataset"] == "cifar10" and r["width"] == 0.75 for r in read_records(results))
     assert "5/6 jobs have results" not in out and "1/2 jobs have results" in out
+
+
+def test_slurm_up_is_idempotent():
+    """Running the start script on a live cluster changes nothing: same daemons, the node still accepts jobs."""
+    def pids() -> list[str]:
+        return [open(f"/run/{d}.pid").read().strip() for d in ("slurmctld", "slurmd")]
+
+    before = pids()
+    script = Path(__file__).resolve().parents[1] / "scripts" / "slurm_up.sh"
+    run = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "debug" and pids() == before
+    assert not _slurm_up()
