@@ -106,3 +106,22 @@ def test_local_sweep_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "nothing to submit" in out and "submitted" not in out
     assert {r["_path"]: json.loads(open(r["_path"]).read()) for r in read_records(tmp_path / "r")} == before
+
+
+@pytest.mark.slow
+def test_local_demo_sweep_with_detection(tmp_path, capsys):
+    """voc and linear:shapes on the demo data at one width through the local executor, then the plots."""
+    from transfer import plot
+
+    ckpt = write_checkpoint(tmp_path / "ck.pth", stem="imagenet")
+    argv = ["--checkpoint", str(ckpt), "--tasks", "voc,linear:shapes", "--widths", "0.25", "--demo",
+            "--results", str(tmp_path / "r"), "--output", str(tmp_path / "o"), "--poll-s", "1",
+            "--linear-args", f"--epochs 5 --data-root {tmp_path / 'data'}",
+            "--detection-args", "SOLVER.MAX_ITER 4 SOLVER.CHECKPOINT_PERIOD 100 MODEL.US3L.CALIBRATION_BATCHES 1 "
+                                "TEST.PRECISE_BN.NUM_ITER 2"]
+    assert sweep.main(argv) == 0, capsys.readouterr().out
+    records = read_records(tmp_path / "r")
+    assert sorted(r["task"] for r in records) == ["linear", "voc"] and all(r["demo"] for r in records)
+    assert (tmp_path / "o" / "detection").is_dir()
+    figures, summary = plot.render(tmp_path / "r", tmp_path / "plots")
+    assert {f.name for f in figures} == {"demo-voc.png", "demo-linear.png"} and "## Benchmark" not in summary
