@@ -109,3 +109,13 @@ def test_corrupt_cifar_is_clear_error(tmp_path):
         (folder / name).write_bytes(b"not a pickle")
     with pytest.raises(DatasetMissingError, match="unreadable"):
         build_pretrain_dataset("cifar100", tmp_path)
+
+
+def test_concurrent_generation_leaves_one_complete_set(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        sets = list(pool.map(lambda _: ShapesDataset(tmp_path, "train", size=120), range(3)))
+    assert all(len(s) == 120 for s in sets)
+    assert [p.name for p in tmp_path.iterdir()] == [sets[0].dir.name]  # no temp dirs left behind
+    assert all(np.array_equal(np.asarray(s[9][0]), np.asarray(sets[0][9][0])) for s in sets)
