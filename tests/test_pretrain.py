@@ -143,3 +143,18 @@ def test_resumed_metrics_drop_records_after_the_checkpoint(tmp_path):
     log.close()
     kept = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["iteration"], r["loss"]) for r in kept] == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 2.0)]
+
+
+def test_cli_process_exit_status_and_one_line_error(tmp_path, data_dir):
+    import os
+    import subprocess
+    import sys
+
+    cfg = write_config(tmp_path / "cli.yaml", data_dir)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "pretrain", "--config", str(cfg), f"output_dir={tmp_path}",
+                           "width_range=[0.25, 2]"], capture_output=True, text=True, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: width_range")
+    assert not (tmp_path / "cli").exists()
