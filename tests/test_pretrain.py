@@ -158,3 +158,20 @@ def test_cli_process_exit_status_and_one_line_error(tmp_path, data_dir):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: width_range")
     assert not (tmp_path / "cli").exists()
+
+
+def test_group_regularization_replaces_weight_decay_on_the_backbone():
+    from pretrain.config import build_config
+    from pretrain.train import _param_groups
+    from us3l.group_reg import regularized_parameters
+    from us3l.ssl import SSLModel
+
+    cfg = build_config({**TINY, "weight_decay": 1e-4})
+    model = SSLModel(cfg.objective(), "resnet18", "imagenet")
+    grouped, plain = _param_groups(model, cfg, group_reg=True)
+    backbone = {id(p) for p in regularized_parameters(model.encoder.backbone)}
+    assert grouped["weight_decay"] == 0.0 and {id(p) for p in grouped["params"]} == backbone
+    assert plain["weight_decay"] == 1e-4 and not backbone & {id(p) for p in plain["params"]}
+    assert {id(p) for p in model.aux_head.parameters()} <= {id(p) for p in plain["params"]}
+    _, everything = _param_groups(model, cfg, group_reg=False)
+    assert len(everything["params"]) == sum(1 for p in model.parameters() if p.requires_grad)

@@ -136,3 +136,12 @@ def test_inconsistent_switches_are_clear_errors(bad, match):
 def test_projection_std_detects_collapse():
     assert projection_std(torch.ones(8, 4)) == 0.0
     assert projection_std(torch.eye(64)) > 0.1
+
+
+def test_us3l_heads_have_the_papers_shapes():
+    model = SSLModel(preset_config("us3l"), "resnet18", "imagenet")
+    proj, g = model.encoder.projector, model.aux_head
+    assert (proj[0].in_features, proj[0].out_features, proj[3].out_features) == (512, 2048, 256)
+    assert (g[0].in_features, g[0].out_features, g[0].bias) == (256, 2048, None)
+    assert isinstance(g[1], torch.nn.BatchNorm1d) and (g[3].in_features, g[3].out_features) == (2048, 256)
+    assert model.predictor is None and model.cfg.temperature == 0.5 and model.cfg.ema == 0.99
