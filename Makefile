@@ -13,6 +13,8 @@ DATASET ?= cifar100
 EXECUTOR ?= local
 STAMP := $(VENV)/.us3l-install-stamp
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+# OpenMP threads that spin while waiting cost 10x and more on shared or busy cores.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 ifeq ($(DEMO),1)
 PRETRAIN_CONFIG ?= pretrain/configs/demo_shapes.yaml
