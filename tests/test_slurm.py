@@ -73,8 +73,11 @@ def test_slurm_sweep_preemption_rerun_and_failure(tmp_path, capsys):
         signal.kill()
         signal.wait()
     # Slurm holds a requeued job for two minutes (BeginTime); let it start again now
-    _wait_for(lambda: "PENDING" in _slurm_state(victim.job_id), 30, "the job to be pending again")
-    subprocess.run(["scontrol", "update", f"JobId={victim.job_id}", "StartTime=now"], check=True)
+    try:
+        _wait_for(lambda: "PENDING" in _slurm_state(victim.job_id), 30, "the job to be pending again")
+        subprocess.run(["scontrol", "update", f"JobId={victim.job_id}", "StartTime=now"], check=True)
+    except AssertionError:  # already running again: nothing to hurry
+        pass
     assert sw.wait() == 0
     log = victim.stdout()
     assert "attempt 1" in log and "attempt 2" in log and "attempt 3" not in log
