@@ -75,14 +75,12 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: f
 
 
 def render_shape(kind: str, image_size: int, rng: random.Random) -> Image.Image:
-    """One RGB image of ``kind``: random background, colour, position, size and rotation."""
-    bg = tuple(rng.randrange(0, 256) for _ in range(3))
-    while True:  # a foreground colour clearly different from the background
-        fg = tuple(rng.randrange(0, 256) for _ in range(3))
-        if sum(abs(a - b) for a, b in zip(fg, bg)) > 200:
-            break
+    """One RGB image of ``kind``: a bright shape of random colour, position, size and rotation on a
+    dark background of random colour (the class is the shape, never the colour)."""
+    bg = tuple(rng.randrange(0, 70) for _ in range(3))
+    fg = tuple(rng.randrange(150, 256) for _ in range(3))
     img = Image.new("RGB", (image_size, image_size), bg)
-    r = image_size * rng.uniform(0.18, 0.32)
+    r = image_size * rng.uniform(0.22, 0.34)
     cx = rng.uniform(r * 1.1, image_size - r * 1.1)
     cy = rng.uniform(r * 1.1, image_size - r * 1.1)
     thickness = max(2, round(r * 0.35))
@@ -90,10 +88,13 @@ def render_shape(kind: str, image_size: int, rng: random.Random) -> Image.Image:
     return img
 
 
+SHAPES_VERSION = 2  # bump when rendering changes: sets on disk are named by it, so stale ones are never read
+
+
 class ShapesDataset(Dataset):
     """Procedural shape classification set (``SHAPE_CLASSES``), written to disk once.
 
-    Layout: ``<root>/<split>-<image_size>px-seed<seed>/{images/NNNNN.png, labels.txt}``; the
+    Layout: ``<root>/v<version>-<split>-<image_size>px-seed<seed>/{images/NNNNN.png, labels.txt}``; the
     directory appears atomically (written in a temp dir, then renamed), so concurrent processes
     and interrupted writes never see a partial set. Items are ``(PIL RGB image, int label)``.
     """
@@ -109,7 +110,7 @@ class ShapesDataset(Dataset):
         self.root, self.split, self.transform = Path(root), split, transform
         self.image_size, self.seed = image_size, seed
         self.size = SPLIT_SIZES[split] if size is None else int(size)
-        name = f"{split}-{image_size}px-seed{seed}" + ("" if size is None else f"-n{self.size}")
+        name = f"v{SHAPES_VERSION}-{split}-{image_size}px-seed{seed}" + ("" if size is None else f"-n{self.size}")
         self.dir = self.root / name
         if not (self.dir / "labels.txt").is_file():
             self._generate()
