@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import us3l
 from us3l.channels import channel_plan
+from us3l.checkpoint import state_mismatch
 from us3l.data import MEAN_STD
 
 FORMAT = "us3l-d2-backbone"
@@ -236,18 +237,8 @@ def load_backbone_weights(model: nn.Module, data: dict[str, Any], path: str | os
     name, resnet = find_bottom_up(model)
     target = {k: v for k, v in resnet.state_dict().items() if not k.endswith("num_batches_tracked")}
     source = data["model"]
-    missing = sorted(set(target) - set(source))
-    unexpected = sorted(set(source) - set(target))
-    wrong = sorted(k for k in set(target) & set(source) if tuple(np.shape(source[k])) != tuple(target[k].shape))
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    if wrong:
-        k = wrong[0]
-        problems.append(f"{len(wrong)} mis-shaped (e.g. {k}: file {tuple(np.shape(source[k]))}, "
-                        f"model {tuple(target[k].shape)})")
+    problems = state_mismatch({k: tuple(v.shape) for k, v in target.items()},
+                              {k: tuple(np.shape(v)) for k, v in source.items()})
     if problems:
         raise WeightsError(f"{path}: backbone tensors do not match the model's {name}: " + "; ".join(problems))
     state = {k: torch.as_tensor(np.asarray(v)) for k, v in source.items()}

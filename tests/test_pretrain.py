@@ -13,20 +13,14 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 import us3l
 from pretrain.__main__ import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = {
     "preset": "us3l", "arch": "resnet18", "stem": "imagenet", "width_range": [0.25, 1.0], "dataset": "shapes",
     "image_size": 32, "batch_size": 8, "iterations": 4, "lr": 0.1, "proj_hidden": 32, "proj_dim": 16,
     "aux_hidden": 32, "pred_hidden": 16, "num_workers": 0, "amp": False, "checkpoint_every": 2, "log_every": 1,
     "deterministic": True, "device": "cpu",
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,7 @@ import torch
 from us3l.samplers import build_sampler
 from us3l.ssl import PRESETS, SSLModel, ema_update_, preset_config, projection_std
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Several processes share 2 cores here; OpenMP threads spinning against each other cost 10-100x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = {"proj_hidden": 32, "proj_dim": 16, "pred_hidden": 16, "aux_hidden": 32}

@@ -98,6 +98,22 @@ class BackboneCheckpoint:
         return model
 
 
+def state_mismatch(expected: dict[str, tuple], found: dict[str, tuple | str]) -> list[str]:
+    """What differs between two {name: shape} maps: missing, unexpected and mis-shaped names."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if found[k] != expected[k])
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if wrong:
+        k = wrong[0]
+        problems.append(f"{len(wrong)} mis-shaped (e.g. {k}: {found[k]}, expected {expected[k]})")
+    return problems
+
+
 def _describe(obj: Any) -> str:
     """What a loaded object that is not our checkpoint looks like."""
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -114,19 +130,9 @@ def _check_state(path: Path, arch: str, stem: str, state: Any) -> None:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: 'state_dict' is a {type(state).__name__}, expected a dict of tensors")
     reference = USResNet(arch, stem=stem, num_classes=0).state_dict()
-    missing = sorted(set(reference) - set(state))
-    unexpected = sorted(set(state) - set(reference))
-    wrong = sorted(k for k in set(reference) & set(state)
-                   if not isinstance(state[k], torch.Tensor) or state[k].shape != reference[k].shape)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    if wrong:
-        k = wrong[0]
-        got = tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__
-        problems.append(f"{len(wrong)} mis-shaped (e.g. {k}: {got}, expected {tuple(reference[k].shape)})")
+    problems = state_mismatch({k: tuple(v.shape) for k, v in reference.items()},
+                              {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                               for k, v in state.items()})
     if problems:
         raise CheckpointError(f"{path}: weights do not match a full-width {arch} ({stem} stem): "
                               + "; ".join(problems))
