@@ -16,7 +16,6 @@ import os
 import pickle
 import random
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from torchvision import transforms as T
 from tqdm import tqdm
 
 import us3l
+from us3l.atomic import atomic_path
 from us3l.channels import channel_plan
 from us3l.checkpoint import state_mismatch
 from us3l.data import MEAN_STD
@@ -169,15 +169,8 @@ def convert(ck: us3l.BackboneCheckpoint, width: float, out: str | os.PathLike, *
         },
     }
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
     return out
 
 

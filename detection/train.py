@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -48,6 +47,7 @@ from detection.convert import (
 )
 from detection.datasets import check_builtin, register_shapes
 from transfer.results import make_record, write_json_atomic, write_record
+from us3l.atomic import atomic_path
 
 logger = logging.getLogger("us3l.detection")
 
@@ -236,13 +236,6 @@ def worker(cfg: CfgNode, job: Job) -> None:
     logger.info("results %s -> %s", metrics, path)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -250,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:  # CheckpointError, WeightsError, DatasetMissingError, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_text_atomic(Path(job.run_dir) / "config.yaml", cfg.dump())
+    with atomic_path(Path(job.run_dir) / "config.yaml") as tmp:
+        Path(tmp).write_text(cfg.dump())
     write_json_atomic(Path(job.run_dir) / "job.json", asdict(job))
     launch(worker, args.num_gpus, dist_url="auto", args=(cfg, job))
     return 0

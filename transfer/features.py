@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+
+from us3l.checkpoint import atomic_torch_save
 
 CACHE_VERSION = 1
 
@@ -59,15 +60,7 @@ def load_cached(cache_dir: str | os.PathLike, key: dict[str, Any]) -> Features |
 def save_cached(cache_dir: str | os.PathLike, key: dict[str, Any], feats: Features) -> Path:
     """Store ``feats`` under ``key`` atomically (temporary file + rename)."""
     path = cache_path(cache_dir, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"key": key, "x": feats.x, "y": feats.y}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save({"key": key, "x": feats.x, "y": feats.y}, path)
     return path
 
 

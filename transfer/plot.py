@@ -15,11 +15,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from us3l.atomic import atomic_path
 
 from .results import read_records
 
@@ -166,15 +167,11 @@ def save_figure(fig, path: Path) -> Path:
     """Save ``fig`` as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -241,11 +238,8 @@ def render(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
                  else "## Benchmark results")
         sections.append(f"{title}\n\n{summary_tables(group)}")
     summary = "\n\n".join(sections) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".summary.", suffix=".md")
-    with os.fdopen(fd, "w") as f:
-        f.write(summary)
-    os.replace(tmp, out / "summary.md")
+    with atomic_path(out / "summary.md") as tmp:
+        Path(tmp).write_text(summary)
     return figures, summary
 
 
