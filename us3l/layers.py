@@ -20,6 +20,10 @@ class _Slimmable:
     width: float = 1.0
     divisor: int = DIVISOR
 
+    def _active(self, full: int, slim: bool = True) -> int:
+        """Channels of a side whose full count is ``full`` at the current width (``full`` if not slim)."""
+        return scaled(full, self.width, self.divisor) if slim else full
+
 
 class USConv2d(nn.Conv2d, _Slimmable):
     """Conv2d whose input/output channels shrink with the width (first channels kept)."""
@@ -31,9 +35,7 @@ class USConv2d(nn.Conv2d, _Slimmable):
 
     def active_channels(self) -> tuple[int, int]:
         """(in, out) channels at the current width."""
-        cin = scaled(self.in_channels, self.width, self.divisor) if self.slim_in else self.in_channels
-        cout = scaled(self.out_channels, self.width, self.divisor) if self.slim_out else self.out_channels
-        return cin, cout
+        return self._active(self.in_channels, self.slim_in), self._active(self.out_channels, self.slim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cin, cout = self.active_channels()
@@ -52,7 +54,7 @@ class USBatchNorm2d(nn.BatchNorm2d, _Slimmable):
     """
 
     def active_channels(self) -> int:
-        return scaled(self.num_features, self.width, self.divisor)
+        return self._active(self.num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.active_channels()
@@ -84,9 +86,7 @@ class USLinear(nn.Linear, _Slimmable):
         self.slim_in, self.slim_out = slim_in, slim_out
 
     def active_features(self) -> tuple[int, int]:
-        fin = scaled(self.in_features, self.width, self.divisor) if self.slim_in else self.in_features
-        fout = scaled(self.out_features, self.width, self.divisor) if self.slim_out else self.out_features
-        return fin, fout
+        return self._active(self.in_features, self.slim_in), self._active(self.out_features, self.slim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fin, fout = self.active_features()
