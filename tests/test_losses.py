@@ -59,3 +59,20 @@ def test_unit_mse_normalises_and_is_scale_invariant():
     s, t = torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 10.0]])
     assert abs(unit_mse(s, t).item() - (1 - 0.8)) < 1e-6
     assert abs(unit_mse(5 * s, t).item() - unit_mse(s, t).item()) < 1e-6
+
+
+def test_at_least_fp32_promotes_half_precision_and_keeps_others():
+    from us3l.losses import at_least_fp32
+
+    for dtype in (torch.float16, torch.bfloat16):
+        out = at_least_fp32(torch.ones(3, dtype=dtype))
+        assert out.dtype == torch.float32 and out.tolist() == [1.0, 1.0, 1.0]
+    assert at_least_fp32(torch.ones(2, dtype=torch.float64)).dtype == torch.float64
+    x = torch.ones(2)
+    assert at_least_fp32(x) is x
+
+
+def test_losses_accept_bfloat16_inputs():
+    a, b = torch.randn(4, 8).bfloat16(), torch.randn(4, 8).bfloat16()
+    for loss in (nt_xent(a, b), info_nce(a, b), unit_mse(a, b)):
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     """``t`` in float32 if it is half precision (AMP), else unchanged (float64 stays float64)."""
-    return t if t.dtype in (torch.float32, torch.float64) else at_least_fp32(t)
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
