@@ -34,7 +34,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_state(path: Path, *, iteration: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, config: dict[str, Any], forwards: int) -> Path:
+               scaler: torch.amp.GradScaler, config: dict[str, Any], forwards: int, precision: str) -> Path:
     """Everything needed to continue bit-for-bit after ``iteration`` completed iterations."""
     return atomic_torch_save({
         "format": STATE_FORMAT,
@@ -46,7 +46,19 @@ def save_state(path: Path, *, iteration: int, model: torch.nn.Module, optimizer:
         "rng": rng_state(),
         "config": config,
         "forwards": forwards,
+        "precision": precision,
     }, path)
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any]) -> None:
+    """Load a saved GradScaler state where it applies.
+
+    A run may resume on another device (``device`` is free to change), e.g. a bfloat16 CPU state
+    (no scaler) continued in float16 on CUDA: an enabled scaler without saved state starts from its
+    initial scale, and a disabled one ignores what was saved. Both continue correctly.
+    """
+    if scaler.is_enabled() and saved:
+        scaler.load_state_dict(saved)
 
 
 def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

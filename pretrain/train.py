@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -24,7 +26,7 @@ from us3l.ssl import SSLModel
 from . import distributed as D
 from .config import ConfigError, PretrainConfig
 from .metrics import RunLogger
-from .state import load_state, save_state, set_rng_state
+from .state import load_state, restore_scaler, save_state, set_rng_state
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,12 +63,55 @@ def lr_at(cfg: PretrainConfig, iteration: int, total: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, dataset: str) -> torch.device:
+    """The training device. ``auto`` means CUDA; it falls back to the CPU only for the built-in demo data,
+    so a real run that finds no GPU stops here instead of training for weeks on the CPU."""
+    cuda = torch.cuda.is_available()
+    if name == "cuda" and not cuda:
+        raise ConfigError("device=cuda but no CUDA device is available; run on a GPU machine, or pass device=cpu")
+    if name == "auto" and not cuda and dataset != "shapes":
+        raise ConfigError(f"no CUDA device found: pretraining on {dataset} needs a GPU; pass device=cpu to run on "
+                          f"the CPU anyway (tests, tiny data), or DEMO=1 for the built-in demo data")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
+        return torch.device("cuda" if cuda else "cpu")
     return torch.device(name)
+
+
+def device_description(device: torch.device) -> dict[str, Any]:
+    """Type, name and count of the devices a run uses (for provenance)."""
+    if device.type == "cuda":
+        return {"type": "cuda", "name": torch.cuda.get_device_name(device), "count": torch.cuda.device_count()}
+    return {"type": "cpu", "name": platform.processor() or platform.machine(), "count": 1}
+
+
+def autocast_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``amp: true`` (float16 on CUDA, bfloat16 on CPU), or None without AMP."""
+    if not cfg.amp or cfg.precision != "float32":
+        return None
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def precision_name(cfg: PretrainConfig, device: torch.device) -> str:
+    """What the run computes in: ``float32``, ``float64``, ``amp-float16`` or ``amp-bfloat16``."""
+    amp = autocast_dtype(cfg, device)
+    return cfg.precision if amp is None else f"amp-{str(amp).removeprefix('torch.')}"
+
+
+def apply_gradients(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[torch.nn.Parameter],
+                    reg: GroupRegularizer | None, alpha: float) -> bool:
+    """Average the accumulated gradients over processes, unscale, add group regularization, step.
+
+    The gradients are reduced while still scaled, so every process sees the same inf/NaN and the
+    scaler skips the step on all processes or on none. Returns whether the step was skipped.
+    """
+    D.average_gradients(params)
+    scaler.unscale_(optimizer)
+    if reg is not None:
+        reg.add_grad_(alpha)
+    scale = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    return scale is not None and scaler.get_scale() < scale
 
 
 def _param_groups(model: SSLModel, cfg: PretrainConfig, group_reg: bool) -> list[dict]:
@@ -83,9 +128,21 @@ def _augmentation_name(dataset: str) -> str:
     return {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet"}.get(dataset, "shapes")
 
 
-def train(cfg: PretrainConfig, config_name: str) -> Path:
-    """Run (or resume) pretraining; returns the path of the backbone checkpoint."""
-    device = resolve_device(cfg.device)
+class Interrupted(Exception):
+    """Training stopped early on request (a Slurm preemption or time-limit signal) after saving its state."""
+
+    def __init__(self, iteration: int) -> None:
+        super().__init__(f"stopped at iteration {iteration} on request; state saved for resuming")
+        self.iteration = iteration
+
+
+def train(cfg: PretrainConfig, config_name: str, should_stop: Callable[[], bool] | None = None) -> Path:
+    """Run (or resume) pretraining; returns the path of the backbone checkpoint.
+
+    ``should_stop`` is polled after every iteration (agreed over processes); when it returns True the
+    state is saved to ``last.pth`` and :class:`Interrupted` is raised.
+    """
+    device = resolve_device(cfg.device, cfg.dataset)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -95,12 +152,13 @@ def train(cfg: PretrainConfig, config_name: str) -> Path:
         torch.cuda.set_device(info.local_rank)
         device = torch.device("cuda", info.local_rank)
     try:
-        return _train(cfg, config_name, device, info)
+        return _train(cfg, config_name, device, info, should_stop)
     finally:
         D.cleanup()
 
 
-def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.DistInfo) -> Path:
+def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.DistInfo,
+           should_stop: Callable[[], bool] | None) -> Path:
     ssl_cfg = cfg.objective()
     run_dir = Path(cfg.output_dir) / config_name
     last_path, backbone_path = run_dir / "last.pth", run_dir / "backbone.pth"
@@ -128,13 +186,14 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
         reg = GroupRegularizer(model.encoder.backbone, cfg.weight_decay, ssl_cfg.group_alpha, ssl_cfg.groups,
                                ramp_iters=int(cfg.group_ramp * total))
     optimizer = torch.optim.SGD(_param_groups(model, cfg, reg is not None), lr=cfg.lr, momentum=cfg.momentum)
-    use_amp = cfg.amp and device.type == "cuda" and dtype == torch.float32
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    amp_dtype, precision = autocast_dtype(cfg, device), precision_name(cfg, device)
+    # float16 needs loss scaling; bfloat16 has float32's range and does not.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     start, forwards = 0, 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        restore_scaler(scaler, state["scaler"])
         set_rng_state(state["rng"])
         start, forwards = int(state["iteration"]), int(state["forwards"])
     if start >= total and backbone_path.exists():
@@ -152,7 +211,7 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
     params = [p for p in model.parameters() if p.requires_grad]
 
     def autocast():
-        return torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
     def batches() -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         it = start
@@ -169,13 +228,15 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
                     return
 
     if start:
-        log.info(f"resumed from {last_path} at iteration {start}/{total}")
+        was = state.get("precision", "unrecorded")
+        log.info(f"resumed from {last_path} at iteration {start}/{total}"
+                 + (f" (written in {was}, continuing in {precision})" if was != precision else ""))
     log.info(f"{cfg.preset}: {cfg.arch} ({cfg.stem} stem) widths [{cfg.width_range[0]:g}, {cfg.width_range[1]:g}], "
              f"{cfg.dataset} {len(base)} images at {cfg.image_size}px, global batch {cfg.batch_size}, "
-             f"{total} iterations, {info.world_size} process(es) on {device}")
+             f"{total} iterations, {info.world_size} process(es) on {device}, {precision}")
     model.train()
     bar = tqdm(total=total, initial=start, disable=not info.is_main, dynamic_ncols=True, desc="pretrain")
-    stage, window_start, window_iters = None, time.perf_counter(), 0
+    stage, window_start, window_iters, skipped = None, time.perf_counter(), 0, 0
     for it, x1, x2 in batches():
         if sampler.stage(it) != stage:
             stage = sampler.stage(it)
@@ -193,13 +254,9 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
             kept = f"last good checkpoint {last_path}" if last_path.exists() else "no checkpoint was written"
             raise TrainingDiverged(f"loss became {out.loss} at iteration {it} (per width {out.losses}); "
                                    f"training stopped, {kept}; lower lr or check the data")
-        scaler.unscale_(optimizer)
-        D.average_gradients(params)
         alpha = reg.alpha_at(it) if reg is not None else 0.0
-        if reg is not None:
-            reg.add_grad_(alpha)
-        scaler.step(optimizer)
-        scaler.update()
+        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+        skipped += apply_gradients(optimizer, scaler, params, reg, alpha)
         window_iters += 1
         done = it + 1
         if done % cfg.log_every == 0 or done == total:
@@ -211,15 +268,22 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
             log.record({"iteration": done, "epoch": it // iters_per_epoch, "loss": out.loss,
                         "loss_per_width": out.losses, "widths": out.widths, "min_width": min(widths),
                         "proj_std": out.proj_std, "proj_std_by_role": roles, "lr": lr, "group_alpha": alpha,
-                        "images_per_s": ips, "student_forwards": forwards})
+                        "images_per_s": ips, "student_forwards": forwards, "precision": precision,
+                        "loss_scale": scale, "skipped_steps": skipped})
             bar.set_postfix(loss=f"{out.loss:.3f}", min_w=f"{min(widths):.2f}", img_s=f"{ips:.0f}")
             window_start, window_iters = time.perf_counter(), 0
         bar.update(1)
-        if done % cfg.checkpoint_every == 0 or done == total:
+        stop = should_stop is not None and D.broadcast_flag(should_stop(), device)
+        if done % cfg.checkpoint_every == 0 or done == total or stop:
             if info.is_main:
                 save_state(last_path, iteration=done, model=model, optimizer=optimizer, scaler=scaler,
-                           config=config_dict, forwards=forwards)
+                           config=config_dict, forwards=forwards, precision=precision)
             D.barrier()
+        if stop and done < total:
+            bar.close()
+            log.info(f"stop requested: state saved at iteration {done}/{total} in {last_path}")
+            log.close()
+            raise Interrupted(done)
     bar.close()
     log.info(f"student forwards: {forwards} over {total} iterations ({forwards / total:g} per iteration)")
     if info.is_main:
@@ -229,7 +293,7 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
             "iteration": total, "epoch": total / iters_per_epoch, "dataset": cfg.dataset,
             "data_root": str(cfg.data_root) if cfg.data_root else None, "image_size": cfg.image_size,
             "images_seen": total * cfg.batch_size, "student_forwards": forwards, "world_size": info.world_size,
-            "torch": str(torch.__version__)})
+            "device": device_description(device), "precision": precision, "torch": str(torch.__version__)})
         log.info(f"backbone checkpoint: {backbone_path}")
     log.close()
     D.barrier()

@@ -169,3 +169,16 @@ def test_group_regularization_replaces_weight_decay_on_the_backbone():
     assert {id(p) for p in model.aux_head.parameters()} <= {id(p) for p in plain["params"]}
     _, everything = _param_groups(model, cfg, group_reg=False)
     assert len(everything["params"]) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_real_data_without_cuda_stops_naming_device_cpu(tmp_path, data_dir, capsys):
+    cfg = write_config(tmp_path / "real.yaml", tmp_path / "no-data", dataset="cifar100", stem="cifar",
+                       device="auto")
+    assert main(["--config", str(cfg), f"output_dir={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no CUDA device found") and "pass device=cpu" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+    # the built-in demo data may fall back to the CPU
+    demo = write_config(tmp_path / "demo.yaml", data_dir, device="auto", iterations=1)
+    assert main(["--config", str(demo), f"output_dir={tmp_path / 'out'}"]) == 0
