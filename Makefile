@@ -1,5 +1,5 @@
 # us3l-bench: one command per step. Every target installs what it needs first (idempotent).
-# Variables: WIDTH, CKPT, GPUS, DEMO=1 (built-in small data, CPU scale), PYTHON (an existing env
+# Variables: WIDTH, CKPT, GPUS, NODES, EXECUTOR (local|slurm), PARTITION, DEMO=1 (built-in small data, CPU scale), PYTHON (an existing env
 # with a full Detectron2: used untouched), OUTPUT (default output/), ARGS (extra key=value overrides).
 SHELL := /bin/bash
 VENV ?= .venv
@@ -7,6 +7,7 @@ DEFAULT_PYTHON := $(VENV)/bin/python
 PYTHON ?= $(DEFAULT_PYTHON)
 OUTPUT ?= output
 GPUS ?= 1
+NODES ?= 1
 WIDTH ?= 1.0
 WIDTHS ?= 1.0,0.75,0.5,0.25
 DATASET ?= cifar100
@@ -59,8 +60,16 @@ test: install
 lint: install
 	$(PYTHON) -m ruff check .
 
+# EXECUTOR=slurm: one job of NODES x GPUS tasks through submitit (pretrain/slurm.py), requeued on
+# preemption and resumed from last.pth; GPUS=0 TASKS_PER_NODE=n runs n CPU tasks (add ARGS="device=cpu").
 pretrain: install
+ifeq ($(EXECUTOR),slurm)
+	$(PYTHON) -m pretrain.slurm --config $(PRETRAIN_CONFIG) --nodes $(NODES) --gpus-per-node $(GPUS) \
+	  $(if $(TASKS_PER_NODE),--tasks-per-node $(TASKS_PER_NODE)) $(if $(PARTITION),--partition $(PARTITION)) $(if $(WAIT),--wait) \
+	  output_dir=$(OUTPUT)/pretrain $(ARGS)
+else
 	$(LAUNCH) pretrain --config $(PRETRAIN_CONFIG) output_dir=$(OUTPUT)/pretrain $(ARGS)
+endif
 
 voc: install
 	$(PYTHON) -m detection.train --task voc --checkpoint $(CKPT) --width $(WIDTH) --num-gpus $(GPUS) \
