@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from test_linear_fixtures import write_checkpoint, write_cifar10
+from real_layouts import write_checkpoint, write_cifar10
 
 import us3l
 from transfer import linear

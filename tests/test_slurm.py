@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_linear_fixtures import write_checkpoint, write_cifar10, write_cifar100
+from real_layouts import write_checkpoint, write_cifar10, write_cifar100
 
 from transfer import sweep
 from transfer.results import read_records

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_linear_fixtures import write_checkpoint, write_cifar10
+from real_layouts import write_checkpoint, write_cifar10
 
 import us3l
 from transfer import sweep
