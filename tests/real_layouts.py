@@ -119,7 +119,8 @@ def _place(rng: np.random.Generator, width: int, height: int, r: float,
            taken: list[tuple[float, float, float, float]]) -> tuple[float, float, float]:
     """A centre for a shape of circumradius ``r`` inside the image, clear of the ``taken`` boxes
     (shrinking the shape until it fits); returns (cx, cy, r)."""
-    while True:
+    r = min(r, (min(width, height) - 4) / 2)
+    while r >= 1:
         for _ in range(30):
             cx, cy = rng.uniform(r + 1, width - r - 1), rng.uniform(r + 1, height - r - 1)
             box = (cx - r, cy - r, cx + r, cy + r)
@@ -128,6 +129,7 @@ def _place(rng: np.random.Generator, width: int, height: int, r: float,
                 taken.append(box)
                 return float(cx), float(cy), r
         r *= 0.8
+    raise ValueError(f"no room left for another shape in a {width}x{height} image")
 
 
 def _scene(rng: np.random.Generator, width: int, height: int,
