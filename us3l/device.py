@@ -33,8 +33,10 @@ def resolve_device(name: str, *, allow_cpu: bool = False, cpu_flag: str = "--dev
         return torch.device("cuda" if name == "auto" else name)
     if name == "auto" and allow_cpu:
         return torch.device("cpu")
-    raise DeviceError(f"no CUDA device found (device {name}) and this is not a demo run: "
-                      f"pass {cpu_flag} to run it on CPU")
+    if name == "auto":
+        raise DeviceError(f"no CUDA device is visible and this is not a demo run (it would train on CPU): "
+                          f"pass {cpu_flag} to run it on CPU anyway")
+    raise DeviceError(f"device {name} requested but no CUDA device is visible: pass {cpu_flag} to run on CPU")
 
 
 def precision_name(device_type: str, amp: bool) -> str:
