@@ -5,11 +5,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
@@ -18,6 +16,8 @@ from tqdm import tqdm
 
 import us3l
 from us3l.data import DatasetMissingError, TwoViews, build_pretrain_dataset, simclr_augmentation
+from us3l.device import DeviceError, device_info, resolve_device
+from us3l.device import precision_name as device_precision
 from us3l.group_reg import GroupRegularizer, regularized_parameters
 from us3l.models import build_model
 from us3l.samplers import build_sampler
@@ -63,27 +63,6 @@ def lr_at(cfg: PretrainConfig, iteration: int, total: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def resolve_device(name: str, dataset: str) -> torch.device:
-    """The training device. ``auto`` means CUDA; it falls back to the CPU only for the built-in demo data,
-    so a real run that finds no GPU stops here instead of training for weeks on the CPU."""
-    cuda = torch.cuda.is_available()
-    if name == "cuda" and not cuda:
-        raise ConfigError("device=cuda but no CUDA device is available; run on a GPU machine, or pass device=cpu")
-    if name == "auto" and not cuda and dataset != "shapes":
-        raise ConfigError(f"no CUDA device found: pretraining on {dataset} needs a GPU; pass device=cpu to run on "
-                          f"the CPU anyway (tests, tiny data), or DEMO=1 for the built-in demo data")
-    if name == "auto":
-        return torch.device("cuda" if cuda else "cpu")
-    return torch.device(name)
-
-
-def device_description(device: torch.device) -> dict[str, Any]:
-    """Type, name and count of the devices a run uses (for provenance)."""
-    if device.type == "cuda":
-        return {"type": "cuda", "name": torch.cuda.get_device_name(device), "count": torch.cuda.device_count()}
-    return {"type": "cpu", "name": platform.processor() or platform.machine(), "count": 1}
-
-
 def autocast_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``amp: true`` (float16 on CUDA, bfloat16 on CPU), or None without AMP."""
     if not cfg.amp or cfg.precision != "float32":
@@ -92,9 +71,8 @@ def autocast_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | N
 
 
 def precision_name(cfg: PretrainConfig, device: torch.device) -> str:
-    """What the run computes in: ``float32``, ``float64``, ``amp-float16`` or ``amp-bfloat16``."""
-    amp = autocast_dtype(cfg, device)
-    return cfg.precision if amp is None else f"amp-{str(amp).removeprefix('torch.')}"
+    """What the run computes in: ``float64``, else the library's name for float32 with or without AMP."""
+    return "float64" if cfg.precision == "float64" else device_precision(device.type, cfg.amp)
 
 
 def apply_gradients(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params: list[torch.nn.Parameter],
@@ -142,7 +120,10 @@ def train(cfg: PretrainConfig, config_name: str, should_stop: Callable[[], bool]
     ``should_stop`` is polled after every iteration (agreed over processes); when it returns True the
     state is saved to ``last.pth`` and :class:`Interrupted` is raised.
     """
-    device = resolve_device(cfg.device, cfg.dataset)
+    try:  # the CPU is a silent fallback only for the built-in demo data
+        device = resolve_device(cfg.device, allow_cpu=cfg.dataset == "shapes", cpu_flag="device=cpu")
+    except DeviceError as e:
+        raise ConfigError(str(e)) from e
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -293,7 +274,7 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
             "iteration": total, "epoch": total / iters_per_epoch, "dataset": cfg.dataset,
             "data_root": str(cfg.data_root) if cfg.data_root else None, "image_size": cfg.image_size,
             "images_seen": total * cfg.batch_size, "student_forwards": forwards, "world_size": info.world_size,
-            "device": device_description(device), "precision": precision, "torch": str(torch.__version__)})
+            "device": device_info(device, info.world_size), "precision": precision, "torch": str(torch.__version__)})
         log.info(f"backbone checkpoint: {backbone_path}")
     log.close()
     D.barrier()

@@ -177,7 +177,7 @@ def test_real_data_without_cuda_stops_naming_device_cpu(tmp_path, data_dir, caps
                        device="auto")
     assert main(["--config", str(cfg), f"output_dir={tmp_path / 'out'}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: no CUDA device found") and "pass device=cpu" in err and "\n" not in err
+    assert err.startswith("error: no CUDA device is visible") and "pass device=cpu" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
     # the built-in demo data may fall back to the CPU
     demo = write_config(tmp_path / "demo.yaml", data_dir, device="auto", iterations=1)
