@@ -26,7 +26,7 @@ def setup(tmp_path_factory):
 def _argv(root, ckpt, width="0.5", *extra):
     return ["--dataset", "cifar10", "--checkpoint", str(ckpt), "--width", width, "--results", str(root / "results"),
             "--data-root", str(root / "data"), "--cache-dir", str(root / "cache"), "--epochs", "20", "--lr", "0.1",
-            *extra]
+            "--device", "cpu", *extra]
 
 
 def _entries(root):
@@ -46,6 +46,8 @@ def test_cli_writes_record_with_top1_params_macs(setup, capsys):
     assert (rec["params"], rec["macs"]) == (params, macs)
     assert rec["config"]["protocol"]["epochs"] == 20 and rec["config"]["input_size"] == 32
     assert (rec["config"]["train_size"], rec["config"]["test_size"]) == (100, 50)
+    assert (rec["seed"], rec["precision"], rec["device"]["type"], rec["device"]["count"]) == (0, "float32", "cpu", 1)
+    assert rec["device"]["name"] and rec["host"]
     # the cached features have the width's feature size
     [train] = [p for p in (root / "cache").glob("cifar10-train-w0.5000-*.pt")]
     assert torch.load(train)["x"].shape == (100, us3l.channel_plan("resnet18", 0.5).feature_dim)
@@ -57,7 +59,8 @@ def test_cache_is_reused_and_stale_entries_are_not(setup, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(root / "data", data)
     argv = ["--dataset", "cifar10", "--checkpoint", str(ckpt), "--width", "0.25", "--results", str(tmp_path / "r"),
-            "--data-root", str(data), "--cache-dir", str(tmp_path / "cache"), "--epochs", "3", "--lr", "0.1"]
+            "--data-root", str(data), "--cache-dir", str(tmp_path / "cache"), "--epochs", "3", "--lr", "0.1",
+            "--device", "cpu"]
     assert linear.main(argv) == 0
     first = _entries(tmp_path)
     top1 = json.loads(next((tmp_path / "r").glob("*.json")).read_text())["metrics"]["top1"]
@@ -90,7 +93,7 @@ def test_entry_stored_under_another_key_is_not_read(tmp_path):
 def test_cached_training_equals_training_through_the_backbone(setup):
     root, ckpt = setup
     cfg = LinearConfig(dataset="cifar10", checkpoint=str(ckpt), width=0.75, results=str(root / "results"),
-                       data_root=str(root / "data"), cache_dir=str(root / "cache"),
+                       data_root=str(root / "data"), cache_dir=str(root / "cache"), device="cpu",
                        protocol=Protocol(epochs=4, lr=0.1, batch_size=64))
     ev = Evaluation(cfg)
     train, test = ev.features("train"), ev.features("test")
@@ -105,7 +108,7 @@ def test_cached_training_equals_training_through_the_backbone(setup):
 def test_features_equal_the_calibrated_slimmable_model(setup):
     root, ckpt = setup
     cfg = LinearConfig(dataset="cifar10", checkpoint=str(ckpt), width=0.35, results=str(root / "results"),
-                       data_root=str(root / "data"), cache_dir=str(root / "cache"), calib_batches=1,
+                       data_root=str(root / "data"), cache_dir=str(root / "cache"), calib_batches=1, device="cpu",
                        calib_batch_size=100)
     feats = Evaluation(cfg).features("test")
     # independent reference: the slimmable model itself, BN statistics from the whole training set at 0.35
@@ -160,6 +163,18 @@ def test_bad_input_is_one_line_exit_2(setup, capsys, change, message):
     assert message in err and len(err.splitlines()) == 1
     if "flowers" in message:
         assert "DEMO=1" in err and str(root / "data") in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_real_data_without_cuda_needs_device_cpu(setup, tmp_path, capsys):
+    root, ckpt = setup
+    argv = _argv(root, ckpt)
+    argv[argv.index("--device") + 1] = "auto"
+    argv[argv.index("--results") + 1] = str(tmp_path / "r")
+    assert linear.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("transfer.linear: error: no CUDA device") and "--device cpu" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
 def test_not_a_checkpoint_and_bad_epochs(setup, tmp_path, capsys):

@@ -5,9 +5,13 @@ frozen; its features are extracted once and cached (see :mod:`transfer.features`
 classifier is trained on them with the paper's protocol (SGD momentum 0.9, no weight decay, lr 30,
 100 epochs, lr /10 at 60% and 80% of the epochs, batch 256). ``--augment`` instead trains on random
 crops and flips passed through the backbone every epoch. Top-1 (and top-5) on the test split go into
-a results record.
+a results record, with the device, precision (float32 throughout) and seed.
 
-Usage: python -m transfer.linear --dataset cifar100 --checkpoint CKPT --width 0.5 --results DIR
+Like every program here it runs on CUDA, or on CPU only for ``--demo`` or when asked with ``--device cpu``:
+a real evaluation passes the whole dataset through a ResNet at 224 px (every epoch with ``--augment``),
+hours on CPU, so a silent fallback would cost as much as it does for detection.
+
+Usage: python -m transfer.linear --dataset cifar100 --checkpoint CKPT --width 0.5 --results DIR [--device cpu]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import us3l
+from us3l.device import DeviceError, device_info, resolve_device
 
 from . import datasets as D
 from .features import Features, cache_key, extract, load_cached, save_cached
@@ -141,14 +146,6 @@ class UsageError(ValueError):
     """Bad input to a linear evaluation (reported as one line, exit status 2)."""
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
-
-
 class Evaluation:
     """A checkpoint at one width on one dataset: calibrated export, cached features, linear probes."""
 
@@ -159,12 +156,12 @@ class Evaluation:
             raise UsageError(f"--demo evaluates the built-in demo data (--dataset shapes), not {cfg.dataset!r}; "
                              f"drop --demo for real datasets")
         self.spec = spec
+        self.device = resolve_device(cfg.device, allow_cpu=spec.demo)
         self.ck = us3l.load_checkpoint(cfg.checkpoint)
         try:
             self.width = self.ck.check_width(cfg.width)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        self.device = _device(cfg.device)
         self.workers = cfg.workers if cfg.workers is not None else (8 if self.device.type == "cuda" else 0)
         self.root = Path(cfg.data_root) if cfg.data_root else D.default_data_root()
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.results).parent / "cache" / "linear"
@@ -234,7 +231,8 @@ def evaluate(cfg: LinearConfig) -> dict[str, Any]:
     record = make_record("linear-augment" if cfg.augment else "linear", cfg.dataset, ev.width, metrics,
                          demo=ev.spec.demo, checkpoint=str(ev.ck.path), checkpoint_sha256=ev.ck.sha256,
                          method=ev.ck.method, arch=ev.ck.arch, params=params, macs=macs, config=config,
-                         wall_time_s=time.time() - start)
+                         wall_time_s=time.time() - start, seed=cfg.protocol.seed, precision="float32",  # no autocast
+                         device=device_info(ev.device))
     record["_path"] = str(write_record(cfg.results, record))
     return record
 
@@ -257,7 +255,8 @@ def parse_args(argv: list[str] | None) -> LinearConfig:
     p.add_argument("--calib-batches", type=int, default=LinearConfig.calib_batches,
                    help="BatchNorm calibration batches from the training split")
     p.add_argument("--workers", type=int, help="data loader workers (default: 0 on CPU, 8 on CUDA)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA; CPU only with --demo), cuda, cuda:N, or cpu to run a real evaluation on CPU")
     a = p.parse_args(argv)
     for name in ("epochs", "batch_size", "calib_batches"):
         if getattr(a, name) < 1:
@@ -275,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         record = evaluate(cfg)
-    except (UsageError, D.DatasetMissing, us3l.CheckpointError) as e:
+    except (UsageError, DeviceError, D.DatasetMissing, us3l.CheckpointError) as e:
         print(f"transfer.linear: error: {e}", file=sys.stderr)
         return 2
     m = record["metrics"]

@@ -1,13 +1,15 @@
 """The results store: one JSON record per evaluation job, written atomically into a directory.
 
 A record holds task, dataset, width, metrics, backbone params/MACs at that width, checkpoint hash,
-config, wall time, versions and whether the data was the built-in demo data (``demo``), so that
-plots and tables never mix demo numbers with real benchmark numbers.
+config, wall time, versions, where it ran (host, device type/name/count, precision, seed) and whether
+the data was the built-in demo data (``demo``), so that plots and tables never mix demo numbers with
+real benchmark numbers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -41,14 +43,22 @@ def record_name(task: str, dataset: str, width: float, checkpoint_sha256: str) -
 
 def make_record(task: str, dataset: str, width: float, metrics: dict[str, float], *, demo: bool,
                 checkpoint: str, checkpoint_sha256: str, method: str, arch: str, params: int, macs: int,
-                config: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
-    """A results record in the contract of DESIGN.md."""
+                config: dict[str, Any], wall_time_s: float, seed: int | None = None,
+                precision: str | None = None, device: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A results record in the contract of DESIGN.md.
+
+    ``seed`` is the seed the job used, ``precision`` the arithmetic it trained in (``float32``,
+    ``amp-float16``, ``amp-bfloat16``), ``device`` what :func:`us3l.device.device_info` says. A metric
+    that is undefined (NaN, e.g. COCO's APs on data without small objects) is left out of ``metrics``
+    and named in ``undefined_metrics``: records are strict JSON.
+    """
     return {
         "record_version": RECORD_VERSION,
         "task": task,
         "dataset": dataset,
         "width": float(width),
-        "metrics": {k: float(v) for k, v in metrics.items()},
+        "metrics": {k: float(v) for k, v in metrics.items() if math.isfinite(v)},
+        "undefined_metrics": sorted(k for k, v in metrics.items() if not math.isfinite(v)),
         "demo": bool(demo),
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": checkpoint_sha256,
@@ -58,15 +68,20 @@ def make_record(task: str, dataset: str, width: float, metrics: dict[str, float]
         "macs": int(macs),
         "config": config,
         "wall_time_s": float(wall_time_s),
+        "seed": None if seed is None else int(seed),
+        "precision": precision,
+        "device": device,
+        "host": platform.node(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": versions(),
     }
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
+    """Write ``obj`` as strict JSON (no NaN or infinity) to ``path`` through a temporary file and a rename."""
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
     with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write(text)
         f.write("\n")
     return Path(path)
 
