@@ -1,6 +1,6 @@
 """Recognition datasets for linear evaluation: torchvision's classes (``download=False``) and the demo shapes.
 
-CIFAR uses us3l.data's torchvision readers that check the files' presence rather than their md5.
+CIFAR and Flowers-102 use us3l.data's torchvision readers that check the files' presence rather than their md5.
 
 Each dataset has a train split (the protocol's training data; ``train+val`` where the dataset has a
 validation split) and a test split. Missing data raises :class:`DatasetMissing` naming the
@@ -19,7 +19,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
-from us3l.data import CIFAR10, CIFAR100, MEAN_STD, ShapesDataset, data_root
+from us3l.data import CIFAR10, CIFAR100, MEAN_STD, Flowers102, ShapesDataset, data_root
 
 SPLITS = ("train", "test")
 
@@ -84,8 +84,8 @@ def _build(name: str, root: Path, split: str, transform: Callable | None) -> Dat
         return CIFAR100(r, train=split == "train", transform=transform, download=False)
     if name == "flowers102":
         if split == "train":
-            return ConcatDataset([tvd.Flowers102(r, s, transform=transform, download=False) for s in ("train", "val")])
-        return tvd.Flowers102(r, "test", transform=transform, download=False)
+            return ConcatDataset([Flowers102(r, s, transform=transform, download=False) for s in ("train", "val")])
+        return Flowers102(r, "test", transform=transform, download=False)
     if name == "pets":
         return tvd.OxfordIIITPet(r, "trainval" if split == "train" else "test", transform=transform, download=False)
     if name == "dtd":

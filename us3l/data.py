@@ -245,6 +245,13 @@ CIFAR10 = _unhashed(tvd.CIFAR10)
 CIFAR100 = _unhashed(tvd.CIFAR100)
 
 
+class Flowers102(tvd.Flowers102):
+    """torchvision's Flowers-102 reader checking ``imagelabels.mat`` / ``setid.mat`` for presence, not md5
+    (a corrupt file still fails to load), like the CIFAR readers above."""
+
+    _file_dict = {key: (name, None) for key, (name, _) in tvd.Flowers102._file_dict.items()}
+
+
 def build_pretrain_dataset(name: str, root: str | Path | None = None, image_size: int = 32,
                            seed: int = 0) -> Dataset:
     """The unlabelled training images of ``name`` (items are ``(PIL image, label)``; labels unused)."""
