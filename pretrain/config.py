@@ -46,6 +46,7 @@ class PretrainConfig:
     amp: bool = True
     precision: str = "float32"
     sync_bn: bool = True
+    channels_last: bool = False
     deterministic: bool = False
     checkpoint_every: int = 1000
     log_every: int = 20

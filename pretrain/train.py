@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import resource
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,6 +62,13 @@ def lr_at(cfg: PretrainConfig, iteration: int, total: int) -> float:
         return cfg.lr * (iteration + 1) / cfg.warmup_iters
     progress = (iteration - cfg.warmup_iters) / max(1, total - cfg.warmup_iters)
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: CUDA memory allocated by tensors on a GPU, the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def autocast_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
@@ -160,6 +168,8 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
     torch.manual_seed(cfg.seed)
     dtype = torch.float64 if cfg.precision == "float64" else torch.float32
     model = SSLModel(ssl_cfg, cfg.arch, cfg.stem, cfg.width_range).to(device, dtype)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     if cfg.sync_bn and info.world_size > 1:
         D.convert_sync_bn(model)
     reg = None
@@ -203,7 +213,7 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
                                                                    first),
                                 num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
             for x1, x2 in loader:
-                yield it, x1.to(device, dtype, non_blocking=True), x2.to(device, dtype, non_blocking=True)
+                yield it, *(x.to(device, dtype, non_blocking=True, memory_format=memory_format) for x in (x1, x2))
                 it += 1
                 if it >= total:
                     return
@@ -250,7 +260,7 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
                         "loss_per_width": out.losses, "widths": out.widths, "min_width": min(widths),
                         "proj_std": out.proj_std, "proj_std_by_role": roles, "lr": lr, "group_alpha": alpha,
                         "images_per_s": ips, "student_forwards": forwards, "precision": precision,
-                        "loss_scale": scale, "skipped_steps": skipped})
+                        "loss_scale": scale, "skipped_steps": skipped, "peak_memory_mb": peak_memory_mb(device)})
             bar.set_postfix(loss=f"{out.loss:.3f}", min_w=f"{min(widths):.2f}", img_s=f"{ips:.0f}")
             window_start, window_iters = time.perf_counter(), 0
         bar.update(1)

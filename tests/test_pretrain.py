@@ -182,3 +182,26 @@ def test_real_data_without_cuda_stops_naming_device_cpu(tmp_path, data_dir, caps
     # the built-in demo data may fall back to the CPU
     demo = write_config(tmp_path / "demo.yaml", data_dir, device="auto", iterations=1)
     assert main(["--config", str(demo), f"output_dir={tmp_path / 'out'}"]) == 0
+
+
+def test_channels_last_changes_memory_layout_not_the_run(tmp_path, data_dir):
+    layouts: list[tuple[bool, bool]] = []  # per conv input: (channels-last contiguous, NCHW contiguous)
+
+    def hook(module, args, output):
+        if isinstance(module, torch.nn.Conv2d):
+            x = args[0]
+            layouts.append((x.is_contiguous(memory_format=torch.channels_last), x.is_contiguous()))
+
+    losses = {}
+    for flag in (False, True):
+        cfg = write_config(tmp_path / f"cl{int(flag)}.yaml", data_dir, iterations=2, channels_last=flag)
+        handle = torch.nn.modules.module.register_module_forward_hook(hook)
+        try:
+            assert main(["--config", str(cfg), f"output_dir={tmp_path}"]) == 0
+        finally:
+            handle.remove()
+        assert layouts and all(cl if flag else nchw for cl, nchw in layouts)  # (1x1 maps are both)
+        assert any(not nchw for _, nchw in layouts) == flag
+        layouts.clear()
+        losses[flag] = [json.loads(x)["loss"] for x in (tmp_path / f"cl{int(flag)}" / "metrics.jsonl").open()]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
