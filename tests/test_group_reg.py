@@ -63,8 +63,21 @@ def test_grad_matches_autograd_and_alpha_zero_is_weight_decay():
         assert torch.allclose(p.grad, 1e-4 * p.detach())
 
 
-def test_alpha_ramp_and_bad_alpha():
-    reg = GroupRegularizer(_hand_made(), 1e-4, alpha=0.05, ramp_iters=100)
-    assert [reg.alpha_at(i) for i in (0, 50, 100, 400)] == pytest.approx([0.0, 0.025, 0.05, 0.05])
-    with pytest.raises(ValueError, match="negative"):
+@pytest.mark.parametrize("schedule, alphas", [
+    ("ramp", [0.0, 0.025, 0.0495, 0.05, 0.05]),  # the authors' CIFAR config: linear to half-way
+    ("step", [0.0, 0.0, 0.0, 0.05, 0.05]),  # the authors' ImageNet config: plain L2, then full alpha
+    ("constant", [0.05] * 5),  # Eq. 5 as written
+])
+def test_alpha_schedules(schedule, alphas):
+    reg = GroupRegularizer(_hand_made(), 1e-4, alpha=0.05, ramp_iters=100, schedule=schedule)
+    assert [reg.alpha_at(i) for i in (0, 50, 99, 100, 400)] == pytest.approx(alphas)
+
+
+def test_bad_alpha_names_the_bound_and_negative_alpha_decays_later_groups_more():
+    with pytest.raises(ValueError, match="group_alpha <= 0.1429"):
         GroupRegularizer(_hand_made(), 1e-4, alpha=0.2, groups=8)
+    with pytest.raises(ValueError, match="group_schedule"):
+        GroupRegularizer(_hand_made(), 1e-4, schedule="cosine")
+    coef = channel_coefficients(16, 1e-4, -0.05, groups=8)  # Table 14's alpha = -0.05
+    assert coef[0] == pytest.approx(5e-5) and coef[-1] == pytest.approx(5e-5 * 1.35)
+    assert all(a <= b for a, b in zip(coef.tolist(), coef[1:].tolist()))

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import math
 
+import hand_losses as hand
 import torch
 import torch.nn.functional as F
 
-from us3l.losses import cosine_distance, info_nce, nt_xent, unit_mse
+from us3l.losses import cosine_distance, info_nce, momentum_nt_xent, nt_xent, unit_mse
 
-
-def _unit(v):
-    n = math.sqrt(sum(x * x for x in v))
-    return [x / n for x in v]
+# Eq. 2's fixed inputs: N = 3 samples, 2-D outputs of the online network (h) and momentum encoder (k).
+H1 = [[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]
+H2 = [[2.0, 0.5], [-0.5, 1.0], [1.0, -1.0]]
+K1 = [[0.9, 0.3], [0.2, 1.0], [1.0, 0.6]]
+K2 = [[1.0, 0.4], [-0.3, 1.0], [0.8, -0.9]]
+EQ2_BY_HAND = 1.3188141  # hand_losses.eq2(H1, H2, K1, K2, 0.5), printed by test_eq2_by_hand
+QK_BY_HAND = 0.8908342  # hand_losses.qk(H1, H2, K1, K2, 0.5): the query-key form on the same inputs
 
 
 def test_nt_xent_three_samples_by_hand():
     a = [[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]
     b = [[2.0, 0.5], [-0.5, 1.0], [1.0, -1.0]]
     t = 0.5
-    z = [_unit(v) for v in a + b]  # anchors 0..5; positive of i is (i + 3) % 6
+    z = [hand.unit(v) for v in a + b]  # anchors 0..5; positive of i is (i + 3) % 6
     total = 0.0
     for i in range(6):
         sims = {j: sum(x * y for x, y in zip(z[i], z[j])) / t for j in range(6) if j != i}
@@ -28,6 +32,31 @@ def test_nt_xent_three_samples_by_hand():
     expected = total / 6
     got = nt_xent(torch.tensor(a), torch.tensor(b), temperature=t)
     assert abs(got.item() - expected) < 1e-6
+
+
+def test_eq2_by_hand(capsys):
+    """US3L Eq. 2: online and momentum outputs in one NT-Xent, 2N-2 negatives per anchor."""
+    expected = hand.eq2(H1, H2, K1, K2, 0.5)
+    k1 = torch.tensor(K1, requires_grad=True)
+    h1 = torch.tensor(H1, requires_grad=True)
+    got = momentum_nt_xent(h1, torch.tensor(H2), k1, torch.tensor(K2), 0.5)
+    assert abs(got.item() - expected) < 1e-6 and abs(expected - EQ2_BY_HAND) < 1e-6
+    got.backward()
+    assert k1.grad is None and h1.grad.abs().sum() > 0  # the momentum side carries no gradient
+    old = 0.5 * (info_nce(h1, torch.tensor(K2), 0.5) + info_nce(torch.tensor(H2), k1, 0.5))
+    assert abs(old.item() - hand.qk(H1, H2, K1, K2, 0.5)) < 1e-6 and abs(old.item() - QK_BY_HAND) < 1e-6
+    with capsys.disabled():
+        print(f"\nEq. 2 by hand {expected:.7f}, momentum_nt_xent {got.item():.7f}; "
+              f"old query-key form {old.item():.7f}")
+
+
+def test_eq2_has_more_negatives_than_query_key():
+    """On random unit vectors the NT-Xent form's loss is about log(2N - 1), the q-k form's about log(N)."""
+    g = torch.Generator().manual_seed(0)
+    h1, h2, k1, k2 = (torch.randn(256, 128, generator=g) for _ in range(4))
+    eq2 = momentum_nt_xent(h1, h2, k1, k2, 0.5).item()
+    qk = 0.5 * (info_nce(h1, k2, 0.5) + info_nce(h2, k1, 0.5)).item()
+    assert abs(eq2 - math.log(511)) < 0.2 and abs(qk - math.log(256)) < 0.2
 
 
 def test_info_nce_with_queue_by_hand():

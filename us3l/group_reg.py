@@ -4,8 +4,20 @@ Each conv layer's output channels (and the matching BatchNorm's weight and bias)
 ``G`` ordered groups (channel ``c`` of ``C`` is in group ``floor(c G / C)``). Group ``g`` (0-based)
 has coefficient ``lambda_g = lambda (1 - g alpha)`` and the penalty is
 ``sum_layers sum_g lambda_g ||W_g||^2``. ``lambda = weight_decay / 2``, so that ``alpha = 0`` gives
-exactly SGD weight decay (gradient ``weight_decay * W``). ``alpha`` ramps linearly from 0 to its
-value over ``ramp_iters`` iterations (the first half of training by default in the program).
+exactly SGD weight decay (gradient ``weight_decay * W``). A negative ``alpha`` decays later groups
+*more* (Table 14's reversed case); ``1 - (G - 1) alpha`` must stay >= 0.
+
+Schedules of ``alpha`` over training (:data:`ALPHA_SCHEDULES`, ``ramp_iters`` iterations of warm-up):
+- ``constant``: ``alpha`` from the first iteration (the paper's Eq. 5 as written);
+- ``ramp``: linear from 0 to ``alpha`` over ``ramp_iters`` (the authors' CIFAR config: warm-up 0,
+  ramp to half-way);
+- ``step``: plain L2 (``alpha = 0``) for ``ramp_iters``, then the full ``alpha`` (the authors' ImageNet
+  config: 50 of 100 epochs of plain L2).
+
+Coverage: the slimmable backbone's conv weights and BN affine parameters only. The projector and
+heads keep ordinary optimizer weight decay (the authors' regulariser also groups the heads' 1-D
+parameters and skips the auxiliary head on the max width's pass; their 2-D head weights get plain
+L2, as here).
 """
 
 from __future__ import annotations
@@ -14,6 +26,18 @@ import torch
 from torch import nn
 
 from .layers import USBatchNorm2d, USConv2d
+
+ALPHA_SCHEDULES = ("constant", "ramp", "step")
+
+
+def check_alpha(alpha: float, groups: int) -> None:
+    """Raise ``ValueError`` (naming the fix) if the last group's coefficient ``1 - (G - 1) alpha`` is negative."""
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if alpha * (groups - 1) > 1.0:
+        raise ValueError(f"group_alpha {alpha:g} with {groups} groups makes the last group's coefficient "
+                         f"1 - {groups - 1} x {alpha:g} negative; use group_alpha <= {1 / max(groups - 1, 1):.4g} "
+                         f"(negative values decay later groups more)")
 
 
 def group_index(num_channels: int, groups: int) -> torch.Tensor:
@@ -43,18 +67,20 @@ class GroupRegularizer:
     """Group regularization of a model's slimmable conv and BN parameters."""
 
     def __init__(self, model: nn.Module, weight_decay: float, alpha: float = 0.05, groups: int = 8,
-                 ramp_iters: int = 0) -> None:
-        if groups < 1:
-            raise ValueError(f"groups must be >= 1, got {groups}")
-        if not 0.0 <= alpha * (groups - 1) <= 1.0:
-            raise ValueError(f"alpha {alpha} makes the last group's coefficient negative with {groups} groups")
+                 ramp_iters: int = 0, schedule: str = "ramp") -> None:
+        check_alpha(alpha, groups)
+        if schedule not in ALPHA_SCHEDULES:
+            raise ValueError(f"group_schedule={schedule!r} is not one of {ALPHA_SCHEDULES}")
         self.params = regularized_parameters(model)
         self.weight_decay, self.alpha, self.groups, self.ramp_iters = weight_decay, alpha, groups, ramp_iters
+        self.schedule = schedule
 
     def alpha_at(self, iteration: int) -> float:
-        """``alpha`` at ``iteration``: linear ramp from 0 over ``ramp_iters`` iterations, then constant."""
-        if self.ramp_iters <= 0:
+        """``alpha`` at ``iteration`` under the schedule (see the module docstring)."""
+        if self.schedule == "constant" or self.ramp_iters <= 0:
             return self.alpha
+        if self.schedule == "step":
+            return self.alpha if iteration >= self.ramp_iters else 0.0
         return self.alpha * min(1.0, iteration / self.ramp_iters)
 
     def _coef(self, p: torch.Tensor, alpha: float) -> torch.Tensor:

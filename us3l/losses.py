@@ -2,8 +2,10 @@
 
 - :func:`nt_xent`: SimCLR's NT-Xent over the 2N samples of two views (each sample's positive is its
   other view; the other 2N-2 samples are negatives).
+- :func:`momentum_nt_xent`: US3L's base loss (Eq. 2): NT-Xent over each view's online output together
+  with the momentum encoder's output of the other view, averaged over the two pairings.
 - :func:`info_nce`: InfoNCE of queries against keys (positive: the key of the same sample; negatives:
-  the other keys, plus an optional queue of past keys as in MoCo).
+  the other N-1 keys, plus an optional queue of past keys as in MoCo).
 - :func:`cosine_distance` / :func:`unit_mse`: ``1 - cos``, i.e. half the squared distance of unit
   vectors; its gradient w.r.t. the (unit) student vector is ``-z_t`` (US3L Eq. 8).
 """
@@ -29,6 +31,18 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.5) -> torch
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(sim, targets)
+
+
+def momentum_nt_xent(h1: torch.Tensor, h2: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor,
+                     temperature: float = 0.5) -> torch.Tensor:
+    """US3L Eq. 2: ``(nt_xent(h1, k2) + nt_xent(h2, k1)) / 2`` with online ``h`` and momentum ``k``.
+
+    Each of the 2N anchors (N online, N momentum) has its pair as positive and the other 2N-2 online
+    and momentum outputs as negatives; ``k`` carries no gradient (the authors' code: NT-Xent of the
+    student against the detached teacher, for both cross-view pairings).
+    """
+    k1, k2 = k1.detach(), k2.detach()
+    return 0.5 * (nt_xent(h1, k2, temperature) + nt_xent(h2, k1, temperature))
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.5,

@@ -1,15 +1,26 @@
-"""One configurable slimmable SSL objective (the switches of US3L's Table 7) and its named presets.
+"""One configurable slimmable SSL objective (the switches of US3L's ablation tables) and its named presets.
 
 Switches (:class:`SSLConfig`):
-- ``base_loss``: ``infonce`` | ``mse`` for the base (max-width) network. ``mse`` adds a predictor
-  (SimSiam/BYOL style); the target is the momentum encoder's projection when ``momentum_base``,
-  else the other view's own projection, detached.
-- ``distill_loss``: ``none`` | ``mse`` | ``infonce`` pulling each sub-network toward the teacher.
+- ``base_loss`` for the base network (the widest trained width):
+  ``infonce``: NT-Xent; with ``momentum_base`` it is US3L's Eq. 2 (each view's online output against
+  the momentum encoder's output of the other view, 2N-2 online and momentum negatives), without it
+  SimCLR's NT-Xent between the two online views. ``infonce_qk``: MoCo's query-key InfoNCE against
+  the momentum keys (N-1 negatives, plus the queue). ``mse``: negative cosine through a predictor
+  (BYOL with ``momentum_base``, SimSiam without: the other view's own projection, detached).
+- ``distill_loss`` for the sub-networks: ``none`` (one width), ``own`` (each sub-network trained with
+  the base loss on its own outputs, no distillation; the momentum encoder runs at the same width),
+  ``mse`` (negative cosine) or ``infonce`` (NT-Xent of student against detached teacher) toward a target.
 - ``aux_head``: ``off`` (sub-networks' projections are distilled directly) | ``shared`` (they go
   through the base's head: the predictor with an ``mse`` base, else a head g that the base's
   projection also goes through) | ``new`` (a head g used by sub-networks only; US3L).
-- ``momentum_base`` / ``momentum_sub``: whether the base loss / the distillation target come from
-  the momentum encoder (EMA of backbone and projector) rather than from the base network itself.
+- ``momentum_base`` / ``momentum_sub``: whether the base loss / the distillation target come from the
+  momentum encoder (EMA of backbone and projector, full width) rather than the base network itself.
+- ``distill_view``: the target is the other view's (``cross``, Algorithm 1) or the same view's.
+- ``sampler`` / ``num_widths`` / ``dynamic_stages``: see :mod:`us3l.samplers`.
+- ``regularizer`` / ``group_alpha`` / ``groups`` / ``group_schedule``: see :mod:`us3l.group_reg`.
+
+:meth:`SSLConfig.terms` says in words what a configuration trains each network with; :class:`SSLModel`
+dispatches on the same properties, and the tests pin both.
 
 One iteration (:meth:`SSLModel.train_step`, Algorithm 1): update the momentum encoder (EMA, once,
 before the teacher forward), compute its full-width projections of both views, then for each
@@ -22,19 +33,20 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .group_reg import ALPHA_SCHEDULES, check_alpha
 from .layers import USLinear, set_width
-from .losses import at_least_fp32, info_nce, nt_xent, unit_mse
+from .losses import at_least_fp32, info_nce, momentum_nt_xent, nt_xent, unit_mse
 from .models import USResNet, build_model
-from .samplers import SAMPLERS
+from .samplers import SAMPLER_ALIASES, SAMPLERS, Sampler, build_sampler
 
-BASE_LOSSES = ("infonce", "mse")
-DISTILL_LOSSES = ("none", "mse", "infonce")
+BASE_LOSSES = ("infonce", "infonce_qk", "mse")
+DISTILL_LOSSES = ("none", "own", "mse", "infonce")
 AUX_HEADS = ("off", "shared", "new")
 DISTILL_VIEWS = ("cross", "same")
 REGULARIZERS = ("group", "weight_decay")
@@ -42,7 +54,7 @@ REGULARIZERS = ("group", "weight_decay")
 
 @dataclass
 class SSLConfig:
-    """The objective's switches and head sizes (defaults: the ``us3l`` preset)."""
+    """The objective's switches and head sizes (defaults: the ``us3l`` preset, CIFAR recipe)."""
 
     base_loss: str = "infonce"
     distill_loss: str = "mse"
@@ -50,59 +62,169 @@ class SSLConfig:
     momentum_base: bool = True
     momentum_sub: bool = True
     sampler: str = "dynamic"
+    num_widths: int = 3
+    dynamic_stages: list[float] = field(default_factory=list)
     distill_view: str = "cross"
     regularizer: str = "group"
     ema: float = 0.99
     temperature: float = 0.5
     distill_temperature: float = 0.5
     queue_size: int = 0
+    proj_layers: int = 3
     proj_hidden: int = 2048
     proj_dim: int = 256
-    pred_hidden: int = 512
+    proj_out_bn: bool = False
+    pred_hidden: int = 2048
     aux_hidden: int = 2048
     group_alpha: float = 0.05
     groups: int = 8
+    group_schedule: str = "ramp"
     width: float = 1.0
 
     def validate(self) -> SSLConfig:
         """Raise ``ValueError`` (one line, naming the fix) for an inconsistent configuration."""
+        if self.sampler in SAMPLER_ALIASES:
+            self.sampler, self.num_widths = SAMPLER_ALIASES[self.sampler]
         for name, allowed in (("base_loss", BASE_LOSSES), ("distill_loss", DISTILL_LOSSES),
                               ("aux_head", AUX_HEADS), ("sampler", SAMPLERS), ("distill_view", DISTILL_VIEWS),
-                              ("regularizer", REGULARIZERS)):
+                              ("regularizer", REGULARIZERS), ("group_schedule", ALPHA_SCHEDULES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        self._validate_types()
         if self.sampler == "single" and self.distill_loss != "none":
             raise ValueError("sampler=single trains one width: set distill_loss=none (or pick a multi-width sampler)")
         if self.sampler != "single" and self.distill_loss == "none":
-            raise ValueError(f"sampler={self.sampler} trains sub-networks: set distill_loss to mse or infonce")
-        if self.aux_head != "off" and self.distill_loss == "none":
-            raise ValueError("aux_head needs sub-network distillation: set aux_head=off or a distill_loss")
-        if self.queue_size and not (self.base_loss == "infonce" and self.momentum_base):
-            raise ValueError("queue_size > 0 (MoCo) needs base_loss=infonce and momentum_base=true")
+            raise ValueError(f"sampler={self.sampler} trains sub-networks: set distill_loss to own, mse or infonce")
+        if self.aux_head != "off" and self.distill_loss in ("none", "own"):
+            raise ValueError(f"aux_head={self.aux_head} needs sub-network distillation (distill_loss mse or "
+                             f"infonce): set aux_head=off")
+        if self.base_loss == "infonce_qk" and not self.momentum_base:
+            raise ValueError("base_loss=infonce_qk scores queries against momentum keys: set momentum_base=true")
+        if self.queue_size and self.base_loss != "infonce_qk":
+            raise ValueError("queue_size > 0 (MoCo) needs base_loss=infonce_qk and momentum_base=true")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.temperature <= 0 or self.distill_temperature <= 0:
             raise ValueError("temperatures must be > 0")
+        if self.proj_layers not in (2, 3):
+            raise ValueError(f"proj_layers must be 2 or 3, got {self.proj_layers}")
+        lowest = {"dynamic": 2, "sandwich": 2, "snet": 2, "random": 1}.get(self.sampler, 1)
+        if self.num_widths < lowest:
+            raise ValueError(f"sampler={self.sampler} needs num_widths >= {lowest}, got {self.num_widths}")
+        if self.dynamic_stages and self.sampler != "dynamic":
+            raise ValueError("dynamic_stages applies to sampler=dynamic only: remove it or set sampler=dynamic")
+        if not all(0.0 < w <= 1.0 for w in self.dynamic_stages):
+            raise ValueError(f"dynamic_stages must be widths in (0, 1], got {self.dynamic_stages}")
+        check_alpha(self.group_alpha, self.groups)
         return self
+
+    def _validate_types(self) -> None:
+        for f in fields(self):
+            value, default = getattr(self, f.name), getattr(SSLConfig(), f.name)
+            if f.name == "dynamic_stages":
+                if not isinstance(value, (list, tuple)) or not all(
+                        isinstance(w, (int, float)) and not isinstance(w, bool) for w in value):
+                    raise ValueError(f"dynamic_stages must be a list of widths, e.g. [1.0, 0.75, 0.5, 0.25], "
+                                     f"got {value!r}")
+                self.dynamic_stages = [float(w) for w in value]
+            elif isinstance(default, bool) and not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be true or false, got {value!r}")
+            elif isinstance(default, int) and not isinstance(default, bool) and (
+                    isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{f.name} must be an integer, got {value!r}")
+            elif isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{f.name} must be a number, got {value!r}")
 
     @property
     def uses_momentum(self) -> bool:
-        return self.momentum_base or (self.momentum_sub and self.distill_loss != "none")
+        return self.momentum_base or (self.momentum_sub and self.distill_loss in ("mse", "infonce"))
+
+    @property
+    def has_predictor(self) -> bool:
+        return self.base_loss == "mse"
+
+    @property
+    def base_head(self) -> str:
+        """What follows the projector for the base loss: ``predictor``, ``g`` (shared) or ``none``."""
+        if self.has_predictor:
+            return "predictor"
+        return "g" if self.aux_head == "shared" else "none"
+
+    @property
+    def sub_head(self) -> str:
+        """What follows the projector for the sub-networks' loss (``-`` when there are none)."""
+        if self.distill_loss == "none":
+            return "-"
+        if self.distill_loss == "own" or self.aux_head == "shared":
+            return self.base_head
+        return "g" if self.aux_head == "new" else "none"
+
+    def make_sampler(self, total_iters: int, width_range: tuple[float, float], seed: int = 0) -> Sampler:
+        """The width sampler these switches describe."""
+        return build_sampler(self.sampler, total_iters, width_range, seed, self.width, self.num_widths,
+                             tuple(self.dynamic_stages))
+
+    def terms(self) -> dict[str, str]:
+        """What each network is trained with, in words: the ablation tables' columns."""
+        base = {"infonce": "nt_xent(online, momentum) [Eq. 2]" if self.momentum_base else "nt_xent(online views)",
+                "infonce_qk": "info_nce q-k" + (f" + queue {self.queue_size}" if self.queue_size else ""),
+                "mse": "cosine"}[self.base_loss]
+        if self.base_loss == "mse":
+            target = "momentum, other view" if self.momentum_base else "own projection (detached), other view"
+        else:
+            target = "momentum, other view" if self.momentum_base else "other view (in-batch)"
+        sub, sub_target = "-", "-"
+        if self.distill_loss == "own":
+            sub, sub_target = "own: " + base, target.replace("momentum", "momentum at own width")
+        elif self.distill_loss != "none":
+            sub = {"mse": "cosine", "infonce": "nt_xent(student, teacher)"}[self.distill_loss]
+            source = "momentum" if self.momentum_sub else "base projection (detached)"
+            sub_target = f"{source}, {'other' if self.distill_view == 'cross' else 'same'} view"
+        if self.regularizer == "group":
+            reg = f"group alpha={self.group_alpha:g} G={self.groups} {self.group_schedule}"
+        else:
+            reg = "weight decay"
+        return {"base": base, "base_head": self.base_head, "base_target": target, "sub": sub,
+                "sub_head": self.sub_head, "sub_target": sub_target, "sampler": self._sampler_words(),
+                "regularizer": reg}
+
+    def _sampler_words(self) -> str:
+        if self.sampler == "single":
+            return f"single w={self.width:g}"
+        if self.sampler == "dynamic":
+            stages = "/".join(f"{w:g}" for w in self.dynamic_stages) if self.dynamic_stages else "quarters"
+            return f"dynamic n={self.num_widths} ({stages})"
+        return f"{self.sampler} n={self.num_widths}"
 
 
+# Hyper-parameters: CIFAR (paper Table 11, the same values as the authors' released CIFAR configs):
+# SimCLR / US3L projector 2048-256, tau 0.5; SimSiam / BYOL projector 2048-2048, predictor 2048, BYOL
+# EMA 0.99. From the authors' code (the paper is silent): 3-layer projectors, SimSiam's projector
+# output BN, heads' first layer without bias. Optimizer values (lr, weight decay) live in the config
+# files, because they differ between CIFAR and ImageNet for the same method.
+_SIMCLR_HEADS = {"proj_hidden": 2048, "proj_dim": 256, "temperature": 0.5}
+_SIAMESE_HEADS = {"proj_hidden": 2048, "proj_dim": 2048, "pred_hidden": 2048, "aux_hidden": 2048}
 _SINGLE = {"distill_loss": "none", "aux_head": "off", "momentum_sub": False, "sampler": "single",
            "regularizer": "weight_decay"}
+# The US-Net baselines: sandwich of 3 (the authors' released US+ configs), in-place distillation by
+# negative cosine toward the other view (Algorithm 1), plain weight decay.
+_US_NET = {"distill_loss": "mse", "distill_view": "cross", "sampler": "sandwich", "num_widths": 3,
+           "regularizer": "weight_decay"}
 PRESETS: dict[str, dict] = {
-    "us3l": {},
-    "us_simclr": {"base_loss": "infonce", "momentum_base": False, "momentum_sub": False, "distill_loss": "infonce",
-                  "aux_head": "off", "sampler": "usnet", "distill_view": "same", "regularizer": "weight_decay"},
-    "us_simsiam": {"base_loss": "mse", "momentum_base": False, "momentum_sub": False, "distill_loss": "mse",
-                   "aux_head": "off", "sampler": "usnet", "distill_view": "same", "regularizer": "weight_decay"},
-    "simclr": {**_SINGLE, "base_loss": "infonce", "momentum_base": False},
-    "simsiam": {**_SINGLE, "base_loss": "mse", "momentum_base": False},
-    "byol": {**_SINGLE, "base_loss": "mse", "momentum_base": True},
-    "mocov2": {**_SINGLE, "base_loss": "infonce", "momentum_base": True, "ema": 0.999, "temperature": 0.2,
-               "queue_size": 4096},
+    "us3l": {**_SIMCLR_HEADS, "aux_hidden": 2048},
+    "us3l_byol": {**_SIAMESE_HEADS, "base_loss": "mse", "momentum_base": True},
+    "us_simclr": {**_US_NET, **_SIMCLR_HEADS, "base_loss": "infonce", "momentum_base": False,
+                  "momentum_sub": False, "aux_head": "off"},
+    "us_simsiam": {**_US_NET, **_SIAMESE_HEADS, "base_loss": "mse", "momentum_base": False,
+                   "momentum_sub": False, "aux_head": "shared", "proj_out_bn": True},
+    "us_byol": {**_US_NET, **_SIAMESE_HEADS, "base_loss": "mse", "momentum_base": True, "momentum_sub": True,
+                "aux_head": "shared"},
+    "simclr": {**_SINGLE, **_SIMCLR_HEADS, "base_loss": "infonce", "momentum_base": False},
+    "simsiam": {**_SINGLE, **_SIAMESE_HEADS, "base_loss": "mse", "momentum_base": False, "proj_out_bn": True},
+    "byol": {**_SINGLE, **_SIAMESE_HEADS, "base_loss": "mse", "momentum_base": True, "ema": 0.99},
+    # MoCo v2's own recipe (its paper): 2-layer 2048-128 projector, tau 0.2, EMA 0.999, queue 65536.
+    "mocov2": {**_SINGLE, "base_loss": "infonce_qk", "momentum_base": True, "ema": 0.999, "temperature": 0.2,
+               "queue_size": 65536, "proj_layers": 2, "proj_hidden": 2048, "proj_dim": 128},
 }
 SSL_FIELDS = tuple(f.name for f in fields(SSLConfig))
 
@@ -117,10 +239,18 @@ def preset_config(preset: str, **overrides) -> SSLConfig:
     return SSLConfig(**{**PRESETS[preset], **overrides}).validate()
 
 
-def mlp(in_dim: int, hidden: int, out_dim: int, slim_in: bool = False, first_bias: bool = True) -> nn.Sequential:
-    """Linear-BN-ReLU-Linear; ``slim_in`` makes the first layer's input follow the backbone's width."""
+def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, slim_in: bool = False, first_bias: bool = True,
+        out_bn: bool = False) -> nn.Sequential:
+    """``layers`` Linear layers with BN-ReLU between them (and a BN without affine after the last when
+    ``out_bn``); ``slim_in`` makes the first layer's input follow the backbone's width."""
     first = USLinear(in_dim, hidden, bias=first_bias) if slim_in else nn.Linear(in_dim, hidden, bias=first_bias)
-    return nn.Sequential(first, nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+    mods: list[nn.Module] = [first, nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+    for _ in range(layers - 2):
+        mods += [nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+    mods.append(nn.Linear(hidden, out_dim))
+    if out_bn:
+        mods.append(nn.BatchNorm1d(out_dim, affine=False))
+    return nn.Sequential(*mods)
 
 
 @torch.no_grad()
@@ -138,10 +268,11 @@ def projection_std(z: torch.Tensor) -> float:
 class Encoder(nn.Module):
     """Slimmable backbone + projector (the projector's input follows the backbone's width)."""
 
-    def __init__(self, backbone: USResNet, proj_hidden: int, proj_dim: int) -> None:
+    def __init__(self, backbone: USResNet, cfg: SSLConfig) -> None:
         super().__init__()
         self.backbone = backbone
-        self.projector = mlp(backbone.feature_dim, proj_hidden, proj_dim, slim_in=True)
+        self.projector = mlp(backbone.feature_dim, cfg.proj_hidden, cfg.proj_dim, cfg.proj_layers, slim_in=True,
+                             out_bn=cfg.proj_out_bn)
 
     def set_width(self, width: float) -> None:
         set_width(self.backbone, width)
@@ -172,10 +303,10 @@ class SSLModel(nn.Module):
                  width_range: tuple[float, float] = (0.25, 1.0)) -> None:
         super().__init__()
         self.cfg = cfg.validate()
-        self.encoder = Encoder(build_model(arch, stem=stem, num_classes=0, width_range=width_range),
-                               cfg.proj_hidden, cfg.proj_dim)
-        self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim) if cfg.base_loss == "mse" else None
-        needs_g = cfg.aux_head == "new" or (cfg.aux_head == "shared" and self.predictor is None)
+        self.encoder = Encoder(build_model(arch, stem=stem, num_classes=0, width_range=width_range), cfg)
+        self.predictor = (mlp(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim, first_bias=False)
+                          if cfg.has_predictor else None)
+        needs_g = "g" in (cfg.base_head, cfg.sub_head)
         self.aux_head = mlp(cfg.proj_dim, cfg.aux_hidden, cfg.proj_dim, first_bias=False) if needs_g else None
         self.momentum_encoder = None
         if cfg.uses_momentum:
@@ -190,38 +321,37 @@ class SSLModel(nn.Module):
     def backbone(self) -> USResNet:
         return self.encoder.backbone
 
-    def _base_head(self, z: torch.Tensor) -> torch.Tensor:
-        if self.predictor is not None:
-            return self.predictor(z)
-        if self.cfg.aux_head == "shared":
-            return self.aux_head(z)
-        return z
+    def head(self, name: str, z: torch.Tensor) -> torch.Tensor:
+        """``z`` through the head :attr:`SSLConfig.base_head` / :attr:`SSLConfig.sub_head` names."""
+        return {"predictor": self.predictor, "g": self.aux_head}.get(name, _identity)(z)
 
-    def _sub_head(self, z: torch.Tensor) -> torch.Tensor:
-        if self.cfg.aux_head == "off":
-            return z
-        if self.cfg.aux_head == "shared":
-            return self._base_head(z)
-        return self.aux_head(z)
-
-    def _pairs(self, s1, s2, t1, t2, cross: bool):
-        return ((s1, t2), (s2, t1)) if cross else ((s1, t1), (s2, t2))
-
-    def _base_loss(self, h1, h2, z1, z2, k1, k2) -> torch.Tensor:
+    def base_loss(self, h1, h2, z1, z2, k1, k2) -> torch.Tensor:
+        """The base loss of head outputs ``h``, own projections ``z`` and momentum projections ``k``."""
         cfg = self.cfg
         if cfg.base_loss == "infonce":
-            if not cfg.momentum_base:
-                return nt_xent(h1, h2, cfg.temperature)
+            return momentum_nt_xent(h1, h2, k1, k2, cfg.temperature) if cfg.momentum_base else \
+                nt_xent(h1, h2, cfg.temperature)
+        if cfg.base_loss == "infonce_qk":
             queue = self.queue.clone() if cfg.queue_size else None
             return 0.5 * (info_nce(h1, k2, cfg.temperature, queue) + info_nce(h2, k1, cfg.temperature, queue))
         t1, t2 = (k1, k2) if cfg.momentum_base else (z1.detach(), z2.detach())
         return 0.5 * (unit_mse(h1, t2) + unit_mse(h2, t1))
 
-    def _distill_loss(self, s1, s2, t1, t2) -> torch.Tensor:
-        pairs = self._pairs(s1, s2, t1, t2, self.cfg.distill_view == "cross")
+    def distill_loss(self, s1, s2, t1, t2) -> torch.Tensor:
+        """Sub-network outputs ``s`` toward detached targets ``t`` (cross or same view)."""
+        t1, t2 = t1.detach(), t2.detach()
+        pairs = ((s1, t2), (s2, t1)) if self.cfg.distill_view == "cross" else ((s1, t1), (s2, t2))
         if self.cfg.distill_loss == "mse":
             return 0.5 * sum(unit_mse(s, t) for s, t in pairs)
-        return 0.5 * sum(info_nce(s, t, self.cfg.distill_temperature) for s, t in pairs)
+        return 0.5 * sum(nt_xent(s, t, self.cfg.distill_temperature) for s, t in pairs)
+
+    @torch.no_grad()
+    def _teacher(self, views: torch.Tensor, width: float, gather: Callable, autocast: Callable):
+        with autocast():
+            self.momentum_encoder.set_width(width)
+            k = self.momentum_encoder(views)
+        self.momentum_encoder.set_width(self.max_width)
+        return tuple(gather(at_least_fp32(t)) for t in k.chunk(2))
 
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:
@@ -238,34 +368,30 @@ class SSLModel(nn.Module):
         """One iteration; ``widths[0]`` is the base network. ``gather`` concatenates a tensor over
         processes (with gradient) so losses see the global batch; ``backward`` is called once per width."""
         cfg = self.cfg
+        views = torch.cat([x1, x2])
         k1 = k2 = None
         if self.momentum_encoder is not None:
             ema_update_(self.momentum_encoder, self.encoder, cfg.ema)
-            with torch.no_grad(), autocast():
-                self.momentum_encoder.set_width(self.max_width)
-                k = self.momentum_encoder(torch.cat([x1, x2]))
-            k1, k2 = (gather(at_least_fp32(t)) for t in k.chunk(2))
-        views = torch.cat([x1, x2])
+            k1, k2 = self._teacher(views, self.max_width, gather, autocast)
         out = StepOutput(0.0, [], [], [])
         z_max: tuple[torch.Tensor, torch.Tensor] | None = None
         try:
             for i, w in enumerate(widths):
                 self.encoder.set_width(w)
+                own = i > 0 and cfg.distill_loss == "own"
                 with autocast():
                     z = self.encoder(views)
+                    h = self.head(cfg.base_head if i == 0 or own else cfg.sub_head, z)
                 z1, z2 = (gather(at_least_fp32(t)) for t in z.chunk(2))
+                h1, h2 = (gather(at_least_fp32(t)) for t in h.chunk(2))
                 if i == 0:
-                    with autocast():
-                        h = self._base_head(z)
-                    h1, h2 = (gather(at_least_fp32(t)) for t in h.chunk(2))
-                    loss = self._base_loss(h1, h2, z1, z2, k1, k2)
+                    loss = self.base_loss(h1, h2, z1, z2, k1, k2)
                     z_max = (z1.detach(), z2.detach())
+                elif own:
+                    kw = self._teacher(views, w, gather, autocast) if cfg.momentum_base else (None, None)
+                    loss = self.base_loss(h1, h2, z1, z2, *kw)
                 else:
-                    with autocast():
-                        s = self._sub_head(z)
-                    s1, s2 = (gather(at_least_fp32(t)) for t in s.chunk(2))
-                    t1, t2 = (k1, k2) if cfg.momentum_sub else z_max
-                    loss = self._distill_loss(s1, s2, t1, t2)
+                    loss = self.distill_loss(h1, h2, *((k1, k2) if cfg.momentum_sub else z_max))
                 backward(loss)
                 out.losses.append(loss.item())
                 out.widths.append(float(w))
