@@ -288,7 +288,7 @@ def test_negative_group_alpha_is_accepted():
 
 def test_older_sampler_names_still_work():
     cfg = preset_config("us3l", sampler="usnet")
-    assert (cfg.sampler, cfg.num_widths) == ("sandwich", 4)
+    assert (cfg.sampler, cfg.num_widths) == ("usnet", 4)
     assert len(cfg.make_sampler(10, (0.25, 1.0)).widths(3)) == 4
 
 

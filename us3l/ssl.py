@@ -83,10 +83,11 @@ class SSLConfig:
 
     def validate(self) -> SSLConfig:
         """Raise ``ValueError`` (one line, naming the fix) for an inconsistent configuration."""
-        if self.sampler in SAMPLER_ALIASES:
-            self.sampler, self.num_widths = SAMPLER_ALIASES[self.sampler]
+        if self.sampler in SAMPLER_ALIASES:  # an older name fixes the number of widths
+            self.num_widths = SAMPLER_ALIASES[self.sampler][1]
         for name, allowed in (("base_loss", BASE_LOSSES), ("distill_loss", DISTILL_LOSSES),
-                              ("aux_head", AUX_HEADS), ("sampler", SAMPLERS), ("distill_view", DISTILL_VIEWS),
+                              ("aux_head", AUX_HEADS), ("sampler", (*SAMPLERS, *SAMPLER_ALIASES)),
+                              ("distill_view", DISTILL_VIEWS),
                               ("regularizer", REGULARIZERS), ("group_schedule", ALPHA_SCHEDULES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
@@ -108,7 +109,7 @@ class SSLConfig:
             raise ValueError("temperatures must be > 0")
         if self.proj_layers not in (2, 3):
             raise ValueError(f"proj_layers must be 2 or 3, got {self.proj_layers}")
-        lowest = {"dynamic": 2, "sandwich": 2, "snet": 2, "random": 1}.get(self.sampler, 1)
+        lowest = 1 if self.sampler in ("random", "single") else 2
         if self.num_widths < lowest:
             raise ValueError(f"sampler={self.sampler} needs num_widths >= {lowest}, got {self.num_widths}")
         if self.dynamic_stages and self.sampler != "dynamic":
