@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 import detection.d2compat  # noqa: F401  (before any detectron2 import)
 
 # isort: split
 from detectron2.config import CfgNode, get_cfg
 
 from us3l.channels import make_divisible
+from us3l.device import precision_name
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TASK_CONFIGS = {"voc": "voc_faster_rcnn_R50_FPN.yaml", "coco": "coco_mask_rcnn_R50_FPN_1x.yaml"}
@@ -27,6 +30,9 @@ def add_us3l_config(cfg: CfgNode) -> CfgNode:
     # BatchNorm calibration of the exported backbone at the width, on training images.
     cfg.MODEL.US3L.CALIBRATION_BATCHES = 50
     cfg.MODEL.US3L.CALIBRATION_BATCH_SIZE = 32
+    # Iterations between metrics.json lines, and the window their losses are smoothed over (Detectron2's
+    # LazyConfig ``train.log_period``; its yacs trainer hard-codes 20). 1 writes every iteration's losses.
+    cfg.SOLVER.LOG_PERIOD = 20
     return cfg
 
 
@@ -43,8 +49,9 @@ def build_config(task: str, *, arch: str, width: float, demo: bool = False, opts
     """The config of ``task`` ("voc" or "coco") for ``arch`` at ``width``; ``opts`` are KEY VALUE overrides.
 
     ``pixel`` is (PIXEL_MEAN, PIXEL_STD) of the pretraining data (before ``opts``, which may override it).
-    ``--demo`` merges ``demo.yaml`` and switches the datasets to the procedural demo sets. AMP is on
-    exactly when ``device`` is CUDA. The config is not frozen.
+    ``--demo`` merges ``demo.yaml`` and switches the datasets to the procedural demo sets.
+    ``SOLVER.AMP.ENABLED`` (on in the task configs, off in the demo schedule) means float16 autocast with a
+    GradScaler on CUDA and bfloat16 autocast on CPU (see :func:`precision`). The config is not frozen.
     """
     if task not in TASK_CONFIGS:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_CONFIGS)}")
@@ -56,7 +63,6 @@ def build_config(task: str, *, arch: str, width: float, demo: bool = False, opts
     cfg.MODEL.US3L.ARCH = arch
     cfg.MODEL.US3L.WIDTH = float(width)
     cfg.MODEL.DEVICE = device
-    cfg.SOLVER.AMP.ENABLED = device.startswith("cuda")
     if pixel is not None:
         cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = list(pixel[0]), list(pixel[1])
     if opts:
@@ -67,4 +73,11 @@ def build_config(task: str, *, arch: str, width: float, demo: bool = False, opts
         raise ValueError("set the width with --width, not MODEL.US3L.WIDTH")
     if cfg.MODEL.US3L.SCALE_HEADS:
         scale_heads(cfg, float(width))
+    if cfg.SOLVER.LOG_PERIOD < 1:
+        raise ValueError(f"SOLVER.LOG_PERIOD must be >= 1, got {cfg.SOLVER.LOG_PERIOD}")
     return cfg
+
+
+def precision(cfg: CfgNode) -> str:
+    """The arithmetic ``cfg`` trains in: ``float32``, ``amp-float16`` (CUDA) or ``amp-bfloat16`` (CPU)."""
+    return precision_name(torch.device(cfg.MODEL.DEVICE).type, bool(cfg.SOLVER.AMP.ENABLED))

@@ -1,13 +1,17 @@
-"""detection.train end to end on the demo sets: errors before training, COCO record, kill and resume."""
+"""detection.train end to end on the demo sets: errors before training (no silent CPU), COCO record, kill and
+resume, seeded deterministic runs, bfloat16 AMP on CPU, and resumes that would change the precision."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +26,7 @@ from pycocotools.coco import COCO
 import us3l
 from detection.convert import convert
 from detection.datasets import SHAPE_CLASSES, check_builtin, write_shapes
-from detection.train import main
+from detection.train import checkpoint_precision, main
 from transfer.results import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +84,30 @@ def test_input_errors_before_any_training(tmp_path, ckpt, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--task", "voc", "--width", "0.5"])  # neither --checkpoint nor --weights
     assert e.value.code == 2
+    assert main(["--task", "voc", "--checkpoint", str(ckpt), "--width", "0.5", "--demo", "--device", "cpu",
+                 "--num-gpus", "2", *out]) == 2
+    assert "on CPU use --num-gpus 1" in capsys.readouterr().err
     assert not (tmp_path / "det" / "voc-demo").exists() and not (tmp_path / "res").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_real_run_without_cuda_stops_naming_device_cpu(tmp_path, ckpt, capsys):
+    out = ["--output", str(tmp_path / "det"), "--results", str(tmp_path / "res")]
+    assert main(["--task", "voc", "--checkpoint", str(ckpt), "--width", "0.5", *out]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == ("error: no CUDA device is visible and this is not a demo run (it would train on CPU): "
+                    "pass --device cpu to run it on CPU anyway")
+    assert main(["--task", "voc", "--checkpoint", str(ckpt), "--width", "0.5", "--demo", "--device", "cuda",
+                 *out]) == 2
+    assert "pass --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "det").exists() and not (tmp_path / "res").exists()
+
+
+def _strict(text: str) -> dict:
+    def reject(name: str) -> None:
+        raise ValueError(f"{name} in a record")
+
+    return json.loads(text, parse_constant=reject)
 
 
 def test_coco_demo_writes_box_and_mask_record(tmp_path, ckpt):
@@ -89,8 +116,11 @@ def test_coco_demo_writes_box_and_mask_record(tmp_path, ckpt):
                "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "100", *TINY])
     assert rc == 0
     [rec] = read_records(tmp_path / "res")
+    assert rec == {**_strict(open(rec["_path"]).read()), "_path": rec["_path"]}  # no NaN: strict JSON
     assert rec["task"] == "coco" and rec["dataset"] == "shapes_coco_test" and rec["demo"] is True
-    assert {"box_AP", "box_AP50", "box_APl", "mask_AP", "mask_AP75", "mask_APs"} <= set(rec["metrics"])
+    named = set(rec["metrics"]) | set(rec["undefined_metrics"])  # APl: no large objects in the demo set
+    assert {"box_AP", "box_AP50", "box_APl", "mask_AP", "mask_AP75", "mask_APs"} <= named
+    assert {"box_AP", "mask_AP"} <= set(rec["metrics"])
     assert (rec["width"], rec["arch"]) == (0.5, "resnet18")
     assert (rec["params"], rec["macs"]) == us3l.count_params_macs("resnet18", 0.5, 224, num_classes=0)
     assert rec["checkpoint_sha256"] == us3l.file_sha256(ckpt)
@@ -132,3 +162,106 @@ def test_killed_run_resumes_and_finishes(tmp_path, ckpt):
     assert rec["task"] == "voc" and rec["dataset"] == "shapes_voc_test" and rec["demo"] is True
     assert set(rec["metrics"]) == {"AP", "AP50", "AP75"}
     assert json.loads((run_dir / "job.json").read_text())["resume"] is True
+
+
+# Seeded runs: 10 iterations with every iteration's losses in metrics.json, and detections at any score so
+# that AP is not zero after so short a schedule.
+SEEDED = ["SEED", "7", "SOLVER.MAX_ITER", "10", "SOLVER.CHECKPOINT_PERIOD", "5", "SOLVER.LOG_PERIOD", "1",
+          "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", *TINY]
+
+
+def _seeded(root: Path, ckpt: Path, name: str, flags: tuple[str, ...] = (), opts: tuple[str, ...] = ()) -> int:
+    return main(["--task", "voc", "--checkpoint", str(ckpt), "--width", "0.25", "--demo", "--deterministic",
+                 "--output", str(root / name), "--results", str(root / name / "res"), *flags, *SEEDED, *opts])
+
+
+def _run_dir(root: Path, name: str) -> Path:
+    [run_dir] = (root / name).glob("voc-demo/*/w0.2500")
+    return run_dir
+
+
+def _losses(run_dir: Path) -> list[dict[str, float]]:
+    lines = [json.loads(ln) for ln in (run_dir / "metrics.json").read_text().splitlines()]
+    return [{k: v for k, v in ln.items() if k.startswith("loss") or k == "total_loss"}
+            for ln in lines if "total_loss" in ln]
+
+
+@contextlib.contextmanager
+def _global_state_restored() -> Iterator[None]:
+    """In-process runs set deterministic mode and PYTHONHASHSEED: leave no global state behind."""
+    env = dict(os.environ)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2:]
+
+
+@pytest.fixture(scope="module")
+def seeded_runs(tmp_path_factory, ckpt):
+    """Runs a and b (float32) and c (SOLVER.AMP.ENABLED: bfloat16 on CPU), all seed 7 and --deterministic."""
+    root = tmp_path_factory.mktemp("seeded")
+    with _global_state_restored():
+        for name, opts in (("a", ()), ("b", ()), ("c", ("SOLVER.AMP.ENABLED", "True"))):
+            assert _seeded(root, ckpt, name, opts=opts) == 0
+    return root, {n: (_losses(_run_dir(root, n)), read_records(root / n / "res")[0]) for n in "abc"}
+
+
+def test_same_seed_deterministic_runs_repeat_losses_and_ap(seeded_runs):
+    _, runs = seeded_runs
+    (losses_a, rec_a), (losses_b, rec_b) = runs["a"], runs["b"]
+    assert len(losses_a) == 10 and len(losses_a[0]) >= 5  # every iteration, every loss term
+    assert losses_a == losses_b  # bitwise: same seed, deterministic kernels
+    assert len({ln["total_loss"] for ln in losses_a}) == 10  # and they are real per-iteration values
+    assert rec_a["metrics"] == rec_b["metrics"] and rec_a["metrics"]["AP50"] > 0
+    assert (rec_a["seed"], rec_a["precision"], rec_a["config"]["deterministic"]) == (7, "float32", True)
+    assert (rec_a["device"]["type"], rec_a["device"]["count"]) == ("cpu", 1) and rec_a["device"]["name"]
+
+
+def test_amp_on_cpu_trains_in_bfloat16(seeded_runs):
+    root, runs = seeded_runs
+    (fp32, _), (bf16, rec) = runs["a"], runs["c"]
+    assert rec["precision"] == "amp-bfloat16"
+    assert checkpoint_precision(_run_dir(root, "c") / "model_final.pth") == "amp-bfloat16"
+    assert checkpoint_precision(_run_dir(root, "a") / "model_final.pth") == "float32"
+    # same model and data in another arithmetic: close at the first step, not equal
+    assert fp32[0]["total_loss"] != bf16[0]["total_loss"]
+    assert abs(fp32[0]["total_loss"] - bf16[0]["total_loss"]) < 0.05 * fp32[0]["total_loss"]
+
+
+def test_resume_in_another_precision_stops_before_any_work(seeded_runs, ckpt, tmp_path, capsys):
+    root, _ = seeded_runs
+    for name in "ac":
+        shutil.copytree(root / name, tmp_path / name)
+    capsys.readouterr()
+
+    def refused(name: str, amp: str) -> str:
+        run_dir = _run_dir(tmp_path, name)
+        before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+        with _global_state_restored():
+            assert _seeded(tmp_path, ckpt, name, ("--resume",), ("SOLVER.AMP.ENABLED", amp)) == 2
+        assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before  # nothing written
+        [line] = capsys.readouterr().err.strip().splitlines()
+        return line
+
+    assert "was trained in float32, this run would continue in amp-bfloat16" in refused("a", "True")
+    line = refused("c", "False")
+    assert "was trained in amp-bfloat16, this run would continue in float32" in line
+    assert "SOLVER.AMP.ENABLED True" in line
+    # a checkpoint of Detectron2's CUDA AMPTrainer (fp32 <-> AMP resumes crashed with KeyError: 'grad_scaler')
+    last = _run_dir(tmp_path, "a") / "model_final.pth"
+    state = torch.load(last, map_location="cpu")
+    state["trainer"]["_trainer"]["grad_scaler"] = {"scale": 65536.0, "growth_factor": 2.0}
+    torch.save(state, last)
+    assert "was trained in amp-float16" in refused("a", "False")
+    # the same precision resumes the bfloat16 run: nothing left to train, evaluated and recorded again
+    with _global_state_restored():
+        assert _seeded(tmp_path, ckpt, "c", ("--resume",), ("SOLVER.AMP.ENABLED", "True")) == 0
+    log = (_run_dir(tmp_path, "c") / "log.txt").read_text()
+    assert "training from iteration 10 to 10" in log  # resumed at the end, did not start over
+    [rec] = read_records(tmp_path / "c" / "res")
+    assert rec["precision"] == "amp-bfloat16"
