@@ -54,7 +54,7 @@ def test_slurm_sweep_preemption_rerun_and_failure(tmp_path, capsys):
     results, output = tmp_path / "results", tmp_path / "sweep"
     # --augment passes every epoch through the backbone, so a job runs long enough to be preempted mid-run
     argv = ["--checkpoint", str(ckpt), "--executor", "slurm", "--results", str(results), "--output", str(output),
-            "--cpus-per-job", "1", "--poll-s", "0.5", "--linear-args",
+            "--device", "cpu", "--cpus-per-job", "1", "--poll-s", "0.5", "--linear-args",
             f"--augment --epochs 15 --batch-size 50 --lr 0.1 --data-root {data}"]
 
     # 1. 2 tasks x 2 widths as one job array; job 0 is preempted mid-run the way Slurm signals before a
@@ -102,6 +102,19 @@ def test_slurm_sweep_preemption_rerun_and_failure(tmp_path, capsys):
     assert "dataset 'dtd' not found" in open(log).read()
     assert any(r["dataset"] == "cifar10" and r["width"] == 0.75 for r in read_records(results))
     assert "5/6 jobs have results" not in out and "1/2 jobs have results" in out
+
+
+def test_gpu_sweep_asks_slurm_for_gpus(tmp_path, capsys):
+    """``make sweep EXECUTOR=slurm GPUS=1`` on this cluster, which has no GPUs: the sbatch file submitit wrote
+    asks for one GPU and 8 CPUs per detection job, and Slurm's refusal is one line, exit status 2."""
+    ckpt = write_checkpoint(tmp_path / "ck.pth", stem="imagenet")
+    assert sweep.main(["--checkpoint", str(ckpt), "--tasks", "voc", "--widths", "0.5", "--executor", "slurm",
+                       "--gpus-per-job", "1", "--results", str(tmp_path / "r"), "--output", str(tmp_path / "o")]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("transfer.sweep: error: sbatch refused the detection jobs: ") and "gres" in line
+    [sbatch] = (tmp_path / "o" / "logs").glob(".submission_file_*.sh")  # left where submitit wrote it
+    lines = sbatch.read_text().splitlines()
+    assert {"#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8"} <= set(lines)
 
 
 def test_slurm_up_is_idempotent():

@@ -1,10 +1,15 @@
-"""Sweeps: task parsing, result matching, job arguments, requeue checkpoints, and a local sweep end to end."""
+"""Sweeps: task parsing, result matching, job arguments, GPUs and CPUs per job (the sbatch file submitit
+writes, no silent CPU), requeue checkpoints, and a local sweep end to end."""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
+import torch
 from real_layouts import write_checkpoint, write_cifar10
 
 import us3l
@@ -50,13 +55,15 @@ def test_job_arguments_and_requeue_checkpoint(tmp_path):
     cfg = sweep.parse_args(["--checkpoint", str(ckpt), "--tasks", "voc,linear:dtd", "--widths", "1,0.5",
                             "--results", str(tmp_path / "r"), "--output", str(tmp_path / "o"), "--gpus-per-job", "2",
                             "--linear-args", "--epochs 7", "--detection-args", "SOLVER.MAX_ITER 10"])
-    specs = sweep.job_specs(cfg)
+    specs = sweep.job_specs(cfg, 2)
     assert [s.label for s in specs] == ["voc w=1", "voc w=0.5", "linear:dtd w=1", "linear:dtd w=0.5"]
     voc, lin = specs[1].argv, specs[3].argv
     assert voc[:2] == ("--task", "voc") and voc[voc.index("--width") + 1] == "0.5"
     assert voc[voc.index("--output") + 1] == str(tmp_path / "o" / "detection")
     assert voc[voc.index("--num-gpus") + 1] == "2" and voc[-2:] == ("SOLVER.MAX_ITER", "10")
     assert lin[:2] == ("--dataset", "dtd") and lin[-2:] == ("--epochs", "7") and "--output" not in lin
+    assert voc[voc.index("--device") + 1] == lin[lin.index("--device") + 1] == "auto"
+    assert "--num-gpus" not in sweep.job_specs(cfg, 1)[0].argv
     det = TaskRunner("detection.train", voc, "voc w=0.5")
     again = det.checkpoint().function
     assert again.argv == (*voc, "--resume") and again.attempt == 2
@@ -81,6 +88,110 @@ def test_bad_input_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         sweep.main([*base, "--tasks", "linear:imagenet"])
     assert e.value.code == 2 and "linear:DATASET" in capsys.readouterr().err
+    assert sweep.main([*base, "--tasks", "voc", "--device", "cpu", "--gpus-per-job", "1"]) == 2
+    assert "--gpus-per-job 1 with --device cpu" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_real_sweep_without_cuda_stops_before_submitting(tmp_path, capsys):
+    ckpt = write_checkpoint(tmp_path / "ck.pth")
+    argv = ["--checkpoint", str(ckpt), "--tasks", "voc,linear:cifar10", "--results", str(tmp_path / "r"),
+            "--output", str(tmp_path / "o")]
+    assert sweep.main(argv) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == ("transfer.sweep: error: the jobs would run on CPU (no CUDA device is visible here) and this "
+                    "is not a demo sweep: pass --device cpu to run them on CPU anyway")
+    assert not (tmp_path / "o").exists()
+
+
+def _cfg(*argv: str, executor: str = "slurm", demo: bool = False) -> sweep.SweepConfig:
+    return sweep.SweepConfig(checkpoint="ck", tasks=[], widths=[1.0], executor=executor, results="r", output="o",
+                             demo=demo, **dict(zip(argv[::2], argv[1::2])))
+
+
+def test_gpus_per_job_defaults_and_the_no_silent_cpu_rule():
+    assert sweep.job_gpus(_cfg(), cuda_visible=False) == 1  # Slurm: 1 GPU unless asked otherwise
+    assert sweep.job_gpus(_cfg("gpus_per_job", 4), cuda_visible=False) == 4
+    assert sweep.job_gpus(_cfg("device", "cpu"), cuda_visible=False) == 0  # CPU only when asked
+    assert sweep.job_gpus(_cfg(executor="local"), cuda_visible=True) == 1  # else submitit hides the GPUs
+    assert sweep.job_gpus(_cfg(executor="local", demo=True), cuda_visible=False) == 0  # demo: CPU allowed
+    for cfg, cuda, message in [
+        (_cfg("gpus_per_job", 0), True, "--gpus-per-job 0) and this is not a demo sweep: pass --device cpu"),
+        (_cfg(executor="local"), False, "no CUDA device is visible here) and this is not a demo sweep"),
+        (_cfg("gpus_per_job", 1, executor="local", demo=True), False, "no CUDA device is visible here for the"),
+        (_cfg("device", "cuda", executor="local", demo=True), False, "pass --device cpu"),
+    ]:
+        with pytest.raises(sweep.UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            sweep.job_gpus(cfg, cuda_visible=cuda)
+
+
+@pytest.fixture
+def fake_sbatch(tmp_path, monkeypatch) -> Path:
+    """An ``sbatch`` on PATH that accepts each submission as job 4242, 4243, ... and runs nothing (no Slurm
+    needed to see what submitit asks for); ``fail`` in its folder makes it refuse as Slurm does."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "sbatch"
+    script.write_text(f"""#!/bin/sh
+if [ -e {bin_dir}/fail ]; then echo "sbatch: error: Invalid generic resource (gres) specification" >&2; exit 1; fi
+n=$(cat {bin_dir}/count 2>/dev/null || echo 4241); n=$((n + 1)); echo $n > {bin_dir}/count
+echo "Submitted batch job $n"
+""")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir
+
+
+def _sbatch_files(sw: sweep.Sweep) -> dict[str, list[str]]:
+    """Group -> the #SBATCH lines of the file submitit wrote into the array's job folder."""
+    out = {}
+    for t in sw.jobs:
+        array = t.job.job_id.split("_")[0]
+        text = (Path(sw.cfg.output) / "logs" / array / f"{array}_submission.sh").read_text()
+        out[t.spec.task.group] = [ln for ln in text.splitlines() if ln.startswith("#SBATCH")]
+    return out
+
+
+def test_slurm_jobs_request_gpus_and_matching_cpus_in_the_sbatch_file(tmp_path, fake_sbatch, capsys):
+    ckpt = write_checkpoint(tmp_path / "ck.pth", stem="imagenet")
+
+    def submitted(name: str, *extra: str) -> sweep.Sweep:
+        cfg = sweep.parse_args(["--checkpoint", str(ckpt), "--tasks", "voc,linear:cifar10", "--widths", "1,0.5",
+                                "--executor", "slurm", "--results", str(tmp_path / name / "r"),
+                                "--output", str(tmp_path / name / "o"), *extra])
+        sw = sweep.Sweep(cfg)
+        sw.submit()
+        return sw
+
+    # make sweep EXECUTOR=slurm GPUS=2: detection jobs get 2 GPUs and 16 CPUs, linear jobs 1 GPU and 8 CPUs
+    sw = submitted("g2", "--gpus-per-job", "2")
+    files = _sbatch_files(sw)
+    assert {"#SBATCH --gpus-per-node=2", "#SBATCH --cpus-per-task=16", "#SBATCH --array=0-1%2",
+            "#SBATCH --job-name=us3l-detection", "#SBATCH --ntasks-per-node=1"} <= set(files["detection"])
+    assert {"#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8"} <= set(files["linear"])
+    voc = sw.jobs[0].spec.argv
+    assert voc[voc.index("--num-gpus") + 1] == "2" and voc[voc.index("--device") + 1] == "auto"
+    out = capsys.readouterr().out
+    assert "2 detection jobs as Slurm array 4242 (2 GPUs, 16 CPUs each)" in out
+    assert "2 linear jobs as Slurm array 4243 (1 GPU, 8 CPUs each)" in out
+    # the default: one GPU per job on Slurm; --cpus-per-gpu scales the CPUs
+    files = _sbatch_files(submitted("default", "--cpus-per-gpu", "6"))
+    assert {"#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=6"} <= set(files["detection"])
+    # CPU jobs only when asked: no GPU line, --device cpu passed to every job
+    sw = submitted("cpu", "--device", "cpu", "--cpus-per-job", "2")
+    for lines in _sbatch_files(sw).values():
+        assert "#SBATCH --cpus-per-task=2" in lines and not any(ln.startswith(("#SBATCH --gpus", "#SBATCH --gres")) for ln in lines)
+    assert all(t.spec.argv[t.spec.argv.index("--device") + 1] == "cpu" for t in sw.jobs)
+
+
+def test_sbatch_refusal_is_one_line_exit_2(tmp_path, fake_sbatch, capsys):
+    (fake_sbatch / "fail").touch()
+    ckpt = write_checkpoint(tmp_path / "ck.pth", stem="imagenet")
+    assert sweep.main(["--checkpoint", str(ckpt), "--tasks", "voc", "--executor", "slurm",
+                       "--results", str(tmp_path / "r"), "--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "transfer.sweep: error: sbatch refused the detection jobs: "
+        "sbatch: error: Invalid generic resource (gres) specification")
 
 
 def test_local_sweep_end_to_end(tmp_path, capsys):
@@ -90,6 +201,7 @@ def test_local_sweep_end_to_end(tmp_path, capsys):
     ckpt = write_checkpoint(tmp_path / "ck.pth")
     argv = ["--checkpoint", str(ckpt), "--widths", "0.5,0.25", "--results", str(tmp_path / "r"),
             "--output", str(tmp_path / "o"), "--max-parallel", "2", "--poll-s", "0.5", "--cpus-per-job", "1",
+            "--device", "cpu",
             "--linear-args", f"--epochs 5 --lr 0.1 --data-root {tmp_path / 'data'}"]
     assert sweep.main([*argv, "--tasks", "linear:cifar10,linear:cifar100"]) == 1
     out = capsys.readouterr().out

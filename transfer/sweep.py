@@ -1,9 +1,16 @@
 """Sweeps over tasks and widths through submitit: one job per (task, width), locally or on Slurm.
 
 ``python -m transfer.sweep --checkpoint CKPT --tasks voc,coco,linear:cifar100 --widths 1.0,0.5
---executor local|slurm --results DIR --output DIR [--demo] [--partition P --gpus-per-job G ...]``
+--executor local|slurm --results DIR --output DIR [--demo] [--device auto|cuda|cpu]
+[--partition P --gpus-per-job G --cpus-per-gpu C ...]``
 
-A job whose results record already exists is not submitted again. Slurm jobs go in one job array;
+Jobs run on GPUs: a detection job gets ``--gpus-per-job`` GPUs (default 1 on Slurm, and locally when CUDA
+is visible) and a linear job one, each with ``--cpus-per-gpu`` CPUs per GPU; they run on CPU only with
+``--device cpu``, which every job is given. A non-demo sweep whose jobs would find no CUDA device stops
+before submitting anything (exit status 2).
+
+A job whose results record already exists is not submitted again. On Slurm, the detection jobs go in
+one job array and the linear jobs in another (an array's jobs share one resource request);
 a preempted or timed-out job checkpoints through submitit and is requeued (detection jobs then continue
 from their last checkpoint with ``--resume``; linear jobs re-read their cached features). While it
 waits the sweep shows a status table; a failed job is reported with its log path while the others go
@@ -26,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+import torch
+
+from us3l.device import DEVICE_CHOICES
 
 from .results import read_records
 
@@ -48,6 +58,11 @@ class Task:
     @property
     def module(self) -> str:
         return "transfer.linear" if self.kind == "linear" else "detection.train"
+
+    @property
+    def group(self) -> str:
+        """The resource group (one Slurm array each): ``detection`` or ``linear``."""
+        return "linear" if self.kind == "linear" else "detection"
 
 
 def parse_tasks(text: str) -> list[Task]:
@@ -147,8 +162,10 @@ class SweepConfig:
     results: str
     output: str
     demo: bool = False
+    device: str = "auto"
     partition: str | None = None
-    gpus_per_job: int = 0
+    gpus_per_job: int | None = None  # None: see job_gpus
+    cpus_per_gpu: int = 8
     cpus_per_job: int | None = None
     mem_gb: int | None = None
     timeout_min: int = 24 * 60
@@ -159,20 +176,41 @@ class SweepConfig:
     poll_s: float = 5.0
 
 
-def job_specs(cfg: SweepConfig) -> list[JobSpec]:
-    """Every (task, width) job of the sweep, tasks outer, widths inner."""
+def job_gpus(cfg: SweepConfig, cuda_visible: bool) -> int:
+    """GPUs per detection job (a linear job gets at most one), or ``UsageError`` when the jobs would run on
+    CPU without ``--device cpu`` (or a demo sweep's ``--device auto``). ``cuda_visible``: here, for local jobs."""
+    if cfg.device == "cpu":
+        if cfg.gpus_per_job:
+            raise UsageError(f"--gpus-per-job {cfg.gpus_per_job} with --device cpu: drop one of them")
+        return 0
+    if cfg.gpus_per_job is not None:
+        gpus = cfg.gpus_per_job
+    else:
+        gpus = 1 if cfg.executor == "slurm" or cuda_visible else 0
+    if cfg.executor == "local" and gpus and not cuda_visible:
+        raise UsageError(f"--gpus-per-job {gpus} but no CUDA device is visible here for the local jobs: "
+                         f"pass --device cpu to run them on CPU")
+    if gpus == 0 and (cfg.device == "cuda" or not cfg.demo):
+        where = "no CUDA device is visible here" if cfg.executor == "local" else "--gpus-per-job 0"
+        raise UsageError(f"the jobs would run on CPU ({where}) and this is not a demo sweep: pass --device cpu "
+                         f"to run them on CPU anyway" + ("" if cfg.executor == "local" else ", or --gpus-per-job G"))
+    return gpus
+
+
+def job_specs(cfg: SweepConfig, gpus: int) -> list[JobSpec]:
+    """Every (task, width) job of the sweep, tasks outer, widths inner; detection jobs use ``gpus`` GPUs."""
     specs = []
     demo = ["--demo"] if cfg.demo else []
     for task in cfg.tasks:
         for w in cfg.widths:
             common = ["--checkpoint", str(Path(cfg.checkpoint).resolve()), "--width", f"{w:g}",
-                      "--results", str(Path(cfg.results).resolve()), *demo]
+                      "--results", str(Path(cfg.results).resolve()), "--device", cfg.device, *demo]
             if task.kind == "linear":
                 argv = ["--dataset", task.dataset, *common, *cfg.linear_args]
             else:
-                gpus = ["--num-gpus", str(cfg.gpus_per_job)] if cfg.gpus_per_job > 1 else []
+                gpus_arg = ["--num-gpus", str(gpus)] if gpus > 1 else []
                 argv = ["--task", task.kind, *common, "--output", str(Path(cfg.output).resolve() / "detection"),
-                        *gpus, *cfg.detection_args]
+                        *gpus_arg, *cfg.detection_args]
             specs.append(JobSpec(task, w, tuple(argv)))
     return specs
 
@@ -225,56 +263,68 @@ class Sweep:
                 raise UsageError(f"--demo runs on the built-in data; {', '.join(real)} is a real dataset "
                                  f"(use linear:shapes, or drop --demo)")
         self.sha256 = ck.sha256
-        self.specs = job_specs(cfg)
+        self.gpus = job_gpus(cfg, torch.cuda.is_available())
+        self.specs = job_specs(cfg, self.gpus)
         records = read_records(cfg.results) if Path(cfg.results).is_dir() else []
         self.skipped = [s for s in self.specs if has_result(records, s, self.sha256, cfg.demo)]
         self.jobs = [Tracked(s) for s in self.specs if s not in self.skipped]
-        self.executor = self._executor()
+        self.executors = {g: self._executor(g) for g in dict.fromkeys(t.spec.task.group for t in self.jobs)}
 
-    def _executor(self) -> submitit.Executor:
+    def resources(self, group: str) -> tuple[int, int | None]:
+        """(GPUs, CPUs) of one job of ``group``: a linear job uses one GPU; ``--cpus-per-gpu`` CPUs per GPU
+        unless ``--cpus-per-job`` says otherwise (CPU jobs: the scheduler's default)."""
+        gpus = self.gpus if group == "detection" else min(self.gpus, 1)
+        return gpus, self.cfg.cpus_per_job or (self.cfg.cpus_per_gpu * gpus if gpus else None)
+
+    def _executor(self, group: str) -> submitit.Executor:
         cfg = self.cfg
+        gpus, cpus = self.resources(group)
         folder = Path(cfg.output) / "logs" / "%j"
+        params: dict[str, Any] = {"timeout_min": cfg.timeout_min, "gpus_per_node": gpus or None,
+                                  "cpus_per_task": cpus, "mem_gb": cfg.mem_gb}
         if cfg.executor == "local":
             ex = submitit.AutoExecutor(folder=folder, cluster="local")
-            params: dict[str, Any] = {"timeout_min": cfg.timeout_min}
-            if cfg.gpus_per_job:
-                params["gpus_per_node"] = cfg.gpus_per_job
         else:
             ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-            params = {"timeout_min": cfg.timeout_min, "gpus_per_node": cfg.gpus_per_job or None,
-                      "tasks_per_node": 1, "slurm_array_parallelism": cfg.max_parallel or 256,
-                      "slurm_signal_delay_s": 120}
-            if cfg.partition:
-                params["slurm_partition"] = cfg.partition
+            params.update({"tasks_per_node": 1, "slurm_array_parallelism": cfg.max_parallel or 256,
+                           "slurm_signal_delay_s": 120, "slurm_partition": cfg.partition})
             if cfg.slurm_extra:
                 params["slurm_additional_parameters"] = dict(cfg.slurm_extra)
-        if cfg.cpus_per_job:
-            params["cpus_per_task"] = cfg.cpus_per_job
-        if cfg.mem_gb:
-            params["mem_gb"] = cfg.mem_gb
-        ex.update_parameters(name="us3l-sweep", **{k: v for k, v in params.items() if v is not None})
+        ex.update_parameters(name=f"us3l-{group}", **{k: v for k, v in params.items() if v is not None})
         return ex
 
     def _runner(self, spec: JobSpec) -> TaskRunner:
         return TaskRunner(spec.task.module, spec.argv, spec.label, threads=self.cfg.cpus_per_job)
 
     def submit(self) -> None:
-        """Submit the jobs without results: all as one array on Slurm, up to ``max_parallel`` locally."""
+        """Submit the jobs without results: one array per resource group on Slurm (``UsageError`` when sbatch
+        refuses it), up to ``max_parallel`` at a time locally."""
         for s in self.skipped:
             self.out(f"skip {s.label}: result already in {self.cfg.results}")
         if not self.jobs:
             self.out(f"nothing to submit: all {len(self.specs)} (task, width) jobs have results in {self.cfg.results}")
             return
         _ensure_importable()
-        if self.cfg.executor == "slurm":
-            with self.executor.batch():
-                futures = [self.executor.submit(self._runner(t.spec)) for t in self.jobs]
-            for t, job in zip(self.jobs, futures):
-                t.job, t.state = job, "PENDING"
-            self.out(f"submitted {len(futures)} jobs as Slurm array {futures[0].job_id.split('_')[0]}; "
-                     f"logs in {Path(self.cfg.output) / 'logs'}")
-        else:
+        if self.cfg.executor == "local":
             self._submit_local()
+            return
+        arrays: list[str] = []
+        for group, ex in self.executors.items():
+            tracked = [t for t in self.jobs if t.spec.task.group == group]
+            try:
+                with ex.batch():
+                    futures = [ex.submit(self._runner(t.spec)) for t in tracked]
+            except submitit.core.utils.FailedJobError as e:
+                reason = str(e).strip().splitlines()[-1] if str(e).strip() else "no message"
+                already = f" (array {', '.join(arrays)} was submitted and keeps running)" if arrays else ""
+                raise UsageError(f"sbatch refused the {group} jobs: {reason}{already}") from None
+            arrays.append(futures[0].job_id.split("_")[0])
+            for t, job in zip(tracked, futures):
+                t.job, t.state = job, "PENDING"
+            gpus, cpus = self.resources(group)
+            self.out(f"submitted {len(futures)} {group} jobs as Slurm array {arrays[-1]} ({gpus} GPU"
+                     f"{'' if gpus == 1 else 's'}, {cpus or 'default'} CPUs each); "
+                     f"logs in {Path(self.cfg.output) / 'logs'}")
 
     def _submit_local(self) -> None:
         limit = self.cfg.max_parallel or 1
@@ -283,7 +333,7 @@ class Sweep:
             if running >= limit:
                 break
             if t.state == "QUEUED":
-                t.job, t.state = self.executor.submit(self._runner(t.spec)), "RUNNING"
+                t.job, t.state = self.executors[t.spec.task.group].submit(self._runner(t.spec)), "RUNNING"
                 running += 1
 
     def poll(self) -> bool:
@@ -377,9 +427,13 @@ def parse_args(argv: list[str] | None) -> SweepConfig:
     p.add_argument("--results", default="output/results")
     p.add_argument("--output", default="output/sweep", help="job logs and detection run directories")
     p.add_argument("--demo", action="store_true", help="built-in demo data (passed to every job)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                   help="passed to every job; cpu: run the jobs on CPU (no GPUs requested)")
     p.add_argument("--partition", help="Slurm partition")
-    p.add_argument("--gpus-per-job", type=int, default=0)
-    p.add_argument("--cpus-per-job", type=int, help="CPUs (and torch threads) per job")
+    p.add_argument("--gpus-per-job", type=int,
+                   help="GPUs of a detection job (linear jobs: 1); default 1 on Slurm, locally 1 when CUDA is visible")
+    p.add_argument("--cpus-per-gpu", type=int, default=8, help="CPUs requested per GPU of a job")
+    p.add_argument("--cpus-per-job", type=int, help="CPUs (and torch threads) per job, instead of --cpus-per-gpu")
     p.add_argument("--mem-gb", type=int)
     p.add_argument("--timeout-min", type=int, default=24 * 60, help="time limit per job (requeued on timeout)")
     p.add_argument("--max-parallel", type=int, help="jobs running at once (local default 1, Slurm 256)")
@@ -395,7 +449,7 @@ def parse_args(argv: list[str] | None) -> SweepConfig:
         if not sep or not key:
             p.error(f"--slurm-extra takes KEY=VALUE, got {item!r}")
         extra[key] = value
-    for name in ("gpus_per_job", "cpus_per_job", "mem_gb", "timeout_min", "max_parallel"):
+    for name in ("gpus_per_job", "cpus_per_gpu", "cpus_per_job", "mem_gb", "timeout_min", "max_parallel"):
         value = getattr(a, name)
         if value is not None and value < (0 if name == "gpus_per_job" else 1):
             p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -404,10 +458,11 @@ def parse_args(argv: list[str] | None) -> SweepConfig:
     except UsageError as e:
         p.error(str(e))
     return SweepConfig(checkpoint=a.checkpoint, tasks=tasks, widths=widths, executor=a.executor, results=a.results,
-                       output=a.output, demo=a.demo, partition=a.partition, gpus_per_job=a.gpus_per_job,
-                       cpus_per_job=a.cpus_per_job, mem_gb=a.mem_gb, timeout_min=a.timeout_min,
-                       max_parallel=a.max_parallel, linear_args=shlex.split(a.linear_args),
-                       detection_args=shlex.split(a.detection_args), slurm_extra=extra, poll_s=a.poll_s)
+                       output=a.output, demo=a.demo, device=a.device, partition=a.partition,
+                       gpus_per_job=a.gpus_per_job, cpus_per_gpu=a.cpus_per_gpu, cpus_per_job=a.cpus_per_job,
+                       mem_gb=a.mem_gb, timeout_min=a.timeout_min, max_parallel=a.max_parallel,
+                       linear_args=shlex.split(a.linear_args), detection_args=shlex.split(a.detection_args),
+                       slurm_extra=extra, poll_s=a.poll_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,10 +473,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         sweep = Sweep(cfg)
+        sweep.submit()
     except UsageError as e:
         print(f"transfer.sweep: error: {e}", file=sys.stderr)
         return 2
-    sweep.submit()
     if not sweep.jobs:
         print(sweep.table())
         return 0
