@@ -180,7 +180,8 @@ def test_slurm_jobs_request_gpus_and_matching_cpus_in_the_sbatch_file(tmp_path, 
     # CPU jobs only when asked: no GPU line, --device cpu passed to every job
     sw = submitted("cpu", "--device", "cpu", "--cpus-per-job", "2")
     for lines in _sbatch_files(sw).values():
-        assert "#SBATCH --cpus-per-task=2" in lines and not any(ln.startswith(("#SBATCH --gpus", "#SBATCH --gres")) for ln in lines)
+        assert "#SBATCH --cpus-per-task=2" in lines
+        assert not any(ln.startswith(("#SBATCH --gpus", "#SBATCH --gres")) for ln in lines)
     assert all(t.spec.argv[t.spec.argv.index("--device") + 1] == "cpu" for t in sw.jobs)
 
 
