@@ -12,7 +12,7 @@ vectors), both averaged over the last 10 iterations, and a linear probe per widt
 that width, logistic regression on frozen pooled features of the train split, accuracy on the test
 split; chance 10%). The first row is the same network untrained.
 
-    python benchmarks/collapse.py [--iters 300 --batch 64 --threads 1 --only SUBSTRING]
+    python benchmarks/collapse.py [--iters 100 --batch 64 --threads 1 --only SUBSTRING]
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def evaluate(model: SSLModel, data: tuple[torch.Tensor, ...]) -> list[float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--iters", type=int, default=300)
+    p.add_argument("--iters", type=int, default=100)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
