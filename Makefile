@@ -8,6 +8,8 @@ PYTHON ?= $(DEFAULT_PYTHON)
 OUTPUT ?= output
 GPUS ?= 1
 NODES ?= 1
+# auto: CUDA; a real (non-demo) job without CUDA stops and asks for DEVICE=cpu instead of silently using the CPU.
+DEVICE ?= auto
 WIDTH ?= 1.0
 WIDTHS ?= 1.0,0.75,0.5,0.25
 DATASET ?= cifar100
@@ -66,26 +68,23 @@ pretrain: install
 ifeq ($(EXECUTOR),slurm)
 	$(PYTHON) -m pretrain.slurm --config $(PRETRAIN_CONFIG) --nodes $(NODES) --gpus-per-node $(GPUS) \
 	  $(if $(TASKS_PER_NODE),--tasks-per-node $(TASKS_PER_NODE)) $(if $(PARTITION),--partition $(PARTITION)) $(if $(WAIT),--wait) \
-	  output_dir=$(OUTPUT)/pretrain $(ARGS)
+	  output_dir=$(OUTPUT)/pretrain device=$(DEVICE) $(ARGS)
 else
-	$(LAUNCH) pretrain --config $(PRETRAIN_CONFIG) output_dir=$(OUTPUT)/pretrain $(ARGS)
+	$(LAUNCH) pretrain --config $(PRETRAIN_CONFIG) output_dir=$(OUTPUT)/pretrain device=$(DEVICE) $(ARGS)
 endif
 
-voc: install
-	$(PYTHON) -m detection.train --task voc --checkpoint $(CKPT) --width $(WIDTH) --num-gpus $(GPUS) \
-	  --results $(RESULTS) --output $(OUTPUT)/detection $(DEMO_FLAG) $(ARGS)
-
-coco: install
-	$(PYTHON) -m detection.train --task coco --checkpoint $(CKPT) --width $(WIDTH) --num-gpus $(GPUS) \
-	  --results $(RESULTS) --output $(OUTPUT)/detection $(DEMO_FLAG) $(ARGS)
+voc coco: install
+	$(PYTHON) -m detection.train --task $@ --checkpoint $(CKPT) --width $(WIDTH) --num-gpus $(GPUS) \
+	  --device $(DEVICE) --results $(RESULTS) --output $(OUTPUT)/detection $(DEMO_FLAG) $(ARGS)
 
 linear: install
 	$(PYTHON) -m transfer.linear --dataset $(if $(filter 1,$(DEMO)),shapes,$(DATASET)) --checkpoint $(CKPT) \
-	  --width $(WIDTH) --results $(RESULTS) $(DEMO_FLAG) $(ARGS)
+	  --width $(WIDTH) --device $(DEVICE) --results $(RESULTS) $(DEMO_FLAG) $(ARGS)
 
 sweep: install
 	$(PYTHON) -m transfer.sweep --checkpoint $(CKPT) --tasks $(TASKS) --widths $(WIDTHS) \
-	  --executor $(EXECUTOR) --results $(RESULTS) --output $(OUTPUT)/sweep $(DEMO_FLAG) $(ARGS)
+	  --executor $(EXECUTOR) --device $(DEVICE) $(if $(filter command line,$(origin GPUS)),--gpus-per-job $(GPUS)) \
+	  $(if $(PARTITION),--partition $(PARTITION)) --results $(RESULTS) --output $(OUTPUT)/sweep $(DEMO_FLAG) $(ARGS)
 
 plot: install
 	$(PYTHON) -m transfer.plot $(RESULTS) -o $(PLOTS)
