@@ -1,0 +1,41 @@
+"""Weighted kNN voting against cases computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from transfer.knn import knn_predict, knn_top1
+
+
+def test_weighted_vote_by_hand():
+    # unit training vectors at angles 0, 10, 80, 90 degrees; classes 0, 0, 1, 1 ... and one far class-1 point
+    angles = [0.0, 10.0, 80.0, 90.0]
+    train = torch.tensor([[math.cos(math.radians(a)), math.sin(math.radians(a))] for a in angles])
+    labels = torch.tensor([0, 0, 1, 1])
+    query = torch.tensor([[math.cos(math.radians(50.0)), math.sin(math.radians(50.0))]])
+    # k=4, T=0.07: votes class 0 = e^(cos50/T) + e^(cos40/T), class 1 = e^(cos30/T) + e^(cos40/T)
+    assert knn_predict(train, labels, query, k=4).item() == 1
+    # k=1: the single nearest is 80 (30 degrees away) -> class 1; query at 30 degrees -> nearest 10 -> class 0
+    q30 = torch.tensor([[math.cos(math.radians(30.0)), math.sin(math.radians(30.0))]])
+    assert knn_predict(train, labels, q30, k=1).item() == 0
+    # weighting matters: two class-0 points slightly nearer than three class-1 points, T small -> class 0 wins
+    train2 = torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.9, 0.5], [0.9, -0.5], [0.8, 0.6]])
+    labels2 = torch.tensor([0, 0, 1, 1, 1])
+    q = torch.tensor([[1.0, 0.0]])
+    assert knn_predict(train2, labels2, q, k=5, temperature=0.01).item() == 0
+    # with a large temperature the weights even out and the majority (class 1) wins
+    assert knn_predict(train2, labels2, q, k=5, temperature=100.0).item() == 1
+
+
+def test_scale_invariance_and_top1_keys():
+    torch.manual_seed(0)
+    centers = torch.randn(3, 8) * 5
+    y = torch.arange(3).repeat_interleave(20)
+    x = centers[y] + 0.1 * torch.randn(60, 8)
+    acc = knn_top1(x[::2], y[::2], x[1::2] * 7.0, y[1::2], ks=(1, 20))
+    assert acc == {"knn1_top1": 100.0, "knn20_top1": 100.0}
+    with pytest.raises(ValueError, match="k >= 1"):
+        knn_predict(x, y, x, k=0)
