@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from us3l.channels import ARCHS
-from us3l.data import PRETRAIN_DATASETS
+from us3l.data import PRETRAIN_DATASETS, is_image_folder
 from us3l.models import STEMS
 from us3l.ssl import PRESETS, SSL_FIELDS, SSLConfig, preset_config
 
@@ -135,8 +135,8 @@ def validate(cfg: PretrainConfig) -> None:
         raise ConfigError(f"unknown arch {cfg.arch!r}; expected one of {sorted(ARCHS)}")
     if cfg.stem not in STEMS:
         raise ConfigError(f"unknown stem {cfg.stem!r}; expected one of {STEMS}")
-    if cfg.dataset not in PRETRAIN_DATASETS:
-        raise ConfigError(f"unknown dataset {cfg.dataset!r}; expected one of {PRETRAIN_DATASETS}")
+    if cfg.dataset not in PRETRAIN_DATASETS and not is_image_folder(cfg.dataset):
+        raise ConfigError(f"unknown dataset {cfg.dataset!r}; expected one of {PRETRAIN_DATASETS} or imagefolder:PATH")
     wr = cfg.width_range
     if (not isinstance(wr, (list, tuple)) or len(wr) != 2
             or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in wr)):

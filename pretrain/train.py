@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 import us3l
-from us3l.data import DatasetMissingError, TwoViews, build_pretrain_dataset, simclr_augmentation
+from us3l.data import DatasetMissingError, TwoViews, build_pretrain_dataset, is_image_folder, simclr_augmentation
 from us3l.device import DeviceError, device_info, resolve_device
 from us3l.device import precision_name as device_precision
 from us3l.group_reg import GroupRegularizer, regularized_parameters
@@ -111,6 +111,9 @@ def _param_groups(model: SSLModel, cfg: PretrainConfig, group_reg: bool) -> list
 
 
 def _augmentation_name(dataset: str) -> str:
+    """The augmentation (normalisation, blur) of a pretraining set: ImageNet's for image folders."""
+    if is_image_folder(dataset):
+        return "imagenet"
     return {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet"}.get(dataset, "shapes")
 
 

@@ -19,7 +19,19 @@ from torch.utils.data import ConcatDataset, Dataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
-from us3l.data import CIFAR10, CIFAR100, MEAN_STD, Flowers102, ShapesDataset, data_root
+from us3l.data import (
+    CIFAR10,
+    CIFAR100,
+    IMAGEFOLDER,
+    IMAGEFOLDER_LAYOUT,
+    MEAN_STD,
+    DatasetMissingError,
+    Flowers102,
+    ShapesDataset,
+    data_root,
+    image_folder,
+    is_image_folder,
+)
 
 SPLITS = ("train", "test")
 
@@ -62,9 +74,11 @@ def default_data_root() -> Path:
 
 
 def spec(name: str) -> DatasetSpec:
-    """The spec of dataset ``name`` or ``ValueError`` listing the known ones."""
+    """The spec of dataset ``name`` (a known name or ``imagefolder:PATH``), or ``ValueError`` listing them."""
+    if is_image_folder(name):
+        return DatasetSpec(name, name[len(IMAGEFOLDER):], IMAGEFOLDER_LAYOUT, 0)
     if name not in SPECS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(SPECS)}")
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(SPECS)} or imagefolder:PATH")
     return SPECS[name]
 
 
@@ -101,6 +115,13 @@ def build_dataset(name: str, split: str, transform: Callable | None = None,
     spec(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if is_image_folder(name):
+        try:
+            ds = image_folder(name, split)
+        except DatasetMissingError as e:
+            raise DatasetMissing(str(e)) from None
+        ds.transform = transform
+        return ds
     root = Path(root) if root is not None else default_data_root()
     if name == "shapes":
         return ShapesDataset(root / "shapes", split=split, transform=transform, image_size=SHAPES_SIZE)
@@ -114,8 +135,8 @@ def build_dataset(name: str, split: str, transform: Callable | None = None,
 
 def num_classes(name: str, dataset: Dataset) -> int:
     """Number of classes of a built dataset."""
-    if SPECS[name].num_classes:
-        return SPECS[name].num_classes
+    if spec(name).num_classes:
+        return spec(name).num_classes
     return len(dataset.classes)
 
 
@@ -123,6 +144,8 @@ def data_folders(name: str, root: str | os.PathLike, built: list[Dataset]) -> li
     """The folders holding the files of ``built`` splits of ``name`` (for :func:`fingerprint`)."""
     if name == "shapes":
         return sorted({ds.dir for ds in built})
+    if is_image_folder(name):
+        return [Path(spec(name).folder)]
     return [Path(root) / SPECS[name].folder]
 
 

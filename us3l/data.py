@@ -4,8 +4,9 @@
 - :class:`ShapesDataset`: a procedural labelled set of coloured shapes, deterministic from a seed,
   written to disk once (PNG files plus ``labels.txt``) so every stage reads the same images.
 - :func:`simclr_augmentation`: SimCLR augmentations (CIFAR setup; ImageNet adds Gaussian blur).
-- :func:`build_pretrain_dataset`: shapes, CIFAR-10/100 (torchvision's on-disk format) or an
-  ImageNet-style folder; a missing directory is a :class:`DatasetMissingError` naming the layout.
+- :func:`build_pretrain_dataset`: shapes, CIFAR-10/100 (torchvision's on-disk format), ImageNet's
+  folders, or your own ``imagefolder:PATH`` (:func:`image_folder`); a missing directory is a
+  :class:`DatasetMissingError` naming the layout.
 """
 
 from __future__ import annotations
@@ -252,6 +253,43 @@ class Flowers102(tvd.Flowers102):
     _file_dict = {key: (name, None) for key, (name, _) in tvd.Flowers102._file_dict.items()}
 
 
+IMAGEFOLDER = "imagefolder:"
+IMAGEFOLDER_LAYOUT = "PATH/train/<class>/<image> and PATH/val/<class>/<image> (or test/), the same class folders"
+
+
+def is_image_folder(name: str) -> bool:
+    """Whether ``name`` is a user folder dataset, ``imagefolder:PATH``."""
+    return name.startswith(IMAGEFOLDER)
+
+
+def image_folder(name: str, split: str) -> tvd.ImageFolder:
+    """Split ``train`` (``PATH/train``) or ``test`` (``PATH/val``, else ``PATH/test``) of ``imagefolder:PATH``.
+
+    A missing folder, a split without class folders or images, or test classes that differ from the
+    training classes is a one-line :class:`DatasetMissingError` naming what is missing.
+    """
+    path = Path(name[len(IMAGEFOLDER):]).expanduser()
+    where = f"{name}: expected {IMAGEFOLDER_LAYOUT}"
+    if not name[len(IMAGEFOLDER):] or not path.is_dir():
+        raise DatasetMissingError(f"{where}; {path} is not a folder")
+    candidates = ["train"] if split == "train" else ["val", "test"]
+    found = [path / c for c in candidates if (path / c).is_dir()]
+    if not found:
+        raise DatasetMissingError(f"{where}; {path} has no {' or '.join(f'{c}/' for c in candidates)} folder")
+    try:
+        ds = tvd.ImageFolder(str(found[0]))
+    except (FileNotFoundError, OSError) as e:
+        raise DatasetMissingError(f"{where}; {found[0]}: {str(e).splitlines()[0]}") from None
+    if split != "train":
+        train_classes = sorted(p.name for p in (path / "train").iterdir() if p.is_dir()) \
+            if (path / "train").is_dir() else ds.classes
+        if ds.classes != train_classes:
+            missing, extra = sorted(set(train_classes) - set(ds.classes)), sorted(set(ds.classes) - set(train_classes))
+            raise DatasetMissingError(f"{where}; {found[0]} has other class folders than train/ "
+                                      f"(missing {missing}, extra {extra})")
+    return ds
+
+
 def build_pretrain_dataset(name: str, root: str | Path | None = None, image_size: int = 32,
                            seed: int = 0) -> Dataset:
     """The unlabelled training images of ``name`` (items are ``(PIL image, label)``; labels unused)."""
@@ -270,4 +308,6 @@ def build_pretrain_dataset(name: str, root: str | Path | None = None, image_size
     if name == "imagenet":
         _require(root / "imagenet" / "train", name)
         return tvd.ImageFolder(str(root / "imagenet" / "train"))
+    if is_image_folder(name):
+        return image_folder(name, "train")
     raise ValueError(f"unknown dataset {name!r}; expected one of {PRETRAIN_DATASETS}")
