@@ -11,6 +11,7 @@ import detection.d2compat  # noqa: F401  (before any detectron2 import)
 # isort: split
 from detectron2.config import CfgNode, get_cfg
 
+from detection.backbone import GN_GROUPS
 from us3l.channels import make_divisible
 from us3l.device import precision_name
 
@@ -25,7 +26,8 @@ def add_us3l_config(cfg: CfgNode) -> CfgNode:
     cfg.MODEL.US3L = CfgNode()
     cfg.MODEL.US3L.ARCH = "resnet50"
     cfg.MODEL.US3L.WIDTH = 1.0
-    # Scale FPN and head channels with the width (small deployments); off = paper setting (256 everywhere).
+    # Off (default) = the paper's setting: FPN and heads keep their full channel counts (256-channel FPN
+    # and 4conv1fc box head) at every width. On: they follow the backbone's width rule (see scale_heads).
     cfg.MODEL.US3L.SCALE_HEADS = False
     # BatchNorm calibration of the exported backbone at the width, on training images.
     cfg.MODEL.US3L.CALIBRATION_BATCHES = 50
@@ -33,15 +35,53 @@ def add_us3l_config(cfg: CfgNode) -> CfgNode:
     # Iterations between metrics.json lines, and the window their losses are smoothed over (Detectron2's
     # LazyConfig ``train.log_period``; its yacs trainer hard-codes 20). 1 writes every iteration's losses.
     cfg.SOLVER.LOG_PERIOD = 20
+    # Periodic checkpoints kept on disk (the newest ones; model_final.pth is always kept besides).
+    cfg.SOLVER.CHECKPOINTS_TO_KEEP = 2
     return cfg
 
 
-def scale_heads(cfg: CfgNode, width: float) -> None:
-    """Scale FPN and R-CNN head channels by ``width`` (same rounding rule as the backbone)."""
-    cfg.MODEL.FPN.OUT_CHANNELS = make_divisible(cfg.MODEL.FPN.OUT_CHANNELS * width)
-    cfg.MODEL.ROI_BOX_HEAD.CONV_DIM = make_divisible(cfg.MODEL.ROI_BOX_HEAD.CONV_DIM * width)
-    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = make_divisible(cfg.MODEL.ROI_BOX_HEAD.FC_DIM * width)
-    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = make_divisible(cfg.MODEL.ROI_MASK_HEAD.CONV_DIM * width)
+# Channel counts of the FPN and R-CNN heads that SCALE_HEADS derives from the width. The RPN head has
+# no key of its own: its 3x3 conv keeps the FPN's channels, so it shrinks with MODEL.FPN.OUT_CHANNELS.
+HEAD_KEYS = ("MODEL.FPN.OUT_CHANNELS", "MODEL.ROI_BOX_HEAD.CONV_DIM", "MODEL.ROI_BOX_HEAD.FC_DIM",
+             "MODEL.ROI_MASK_HEAD.CONV_DIM")
+
+
+def _get(cfg: CfgNode, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _set(cfg: CfgNode, key: str, value) -> None:
+    *path, last = key.split(".")
+    _get(cfg, ".".join(path))[last] = value
+
+
+def scale_heads(cfg: CfgNode, width: float, explicit: tuple[str, ...] | set[str] = ()) -> dict[str, int]:
+    """Scale the FPN and R-CNN head channels (``HEAD_KEYS``) to ``width`` in place; returns the new values.
+
+    Each count C (the config file's value at full width) becomes ``make_divisible(C * width)``, the rule the
+    backbone's layers follow: the nearest multiple of 8, never below 90% of ``C * width``, and at least 8
+    channels (the floor). Keys in ``explicit`` (given on the command line) are taken as they are: an
+    explicit channel count is the count wanted at this width and is never scaled again.
+    """
+    out = {}
+    for key in HEAD_KEYS:
+        if key not in explicit:
+            _set(cfg, key, make_divisible(_get(cfg, key) * width))
+        out[key] = _get(cfg, key)
+    return out
+
+
+def check_head_norms(cfg: CfgNode) -> None:
+    """GroupNorm in the FPN or the R-CNN heads needs channel counts divisible by its 32 groups."""
+    for norm_key, dim_key in (("MODEL.FPN.NORM", "MODEL.FPN.OUT_CHANNELS"),
+                              ("MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_BOX_HEAD.CONV_DIM"),
+                              ("MODEL.ROI_MASK_HEAD.NORM", "MODEL.ROI_MASK_HEAD.CONV_DIM")):
+        if _get(cfg, norm_key) == "GN" and _get(cfg, dim_key) % GN_GROUPS:
+            raise ValueError(f"{norm_key} 'GN' needs {dim_key} divisible by {GN_GROUPS}, got {_get(cfg, dim_key)} "
+                             f"at width {cfg.MODEL.US3L.WIDTH:g}; use 'BN', 'SyncBN' or set {dim_key} explicitly")
 
 
 def build_config(task: str, *, arch: str, width: float, demo: bool = False, opts: list[str] | None = None,
@@ -72,9 +112,12 @@ def build_config(task: str, *, arch: str, width: float, demo: bool = False, opts
     if float(cfg.MODEL.US3L.WIDTH) != float(width):
         raise ValueError("set the width with --width, not MODEL.US3L.WIDTH")
     if cfg.MODEL.US3L.SCALE_HEADS:
-        scale_heads(cfg, float(width))
+        scale_heads(cfg, float(width), explicit=set((opts or [])[0::2]))
+    check_head_norms(cfg)
     if cfg.SOLVER.LOG_PERIOD < 1:
         raise ValueError(f"SOLVER.LOG_PERIOD must be >= 1, got {cfg.SOLVER.LOG_PERIOD}")
+    if cfg.SOLVER.CHECKPOINTS_TO_KEEP < 1:
+        raise ValueError(f"SOLVER.CHECKPOINTS_TO_KEEP must be >= 1, got {cfg.SOLVER.CHECKPOINTS_TO_KEEP}")
     return cfg
 
 

@@ -146,7 +146,11 @@ def export_at_width(ck: us3l.BackboneCheckpoint, width: float, batches: Iterator
         us3l.calibrate_bn(model, width, tqdm(batches, total=num_batches, desc=f"calibrate BN @ {width:g}"),
                           num_batches, device=device)
     model.eval()
-    return us3l.export_subnet(model, width).cpu().eval()
+    net = us3l.export_subnet(model, width).cpu().eval()
+    del model  # the full-width slimmable model on ``device``: free it before the detector is built
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    return net
 
 
 def convert(ck: us3l.BackboneCheckpoint, width: float, out: str | os.PathLike, *,
@@ -208,6 +212,14 @@ def check_weights_fit(data: dict[str, Any], arch: str, width: float, path: str |
                            f"{float(meta['width']):g}")
 
 
+def check_norm_loadable(norm: str) -> None:
+    """Converted weights carry BatchNorm statistics: a GroupNorm backbone cannot take them (``WeightsError``)."""
+    if norm == "GN":
+        raise WeightsError("MODEL.RESNETS.NORM 'GN': a GroupNorm backbone cannot load the converted BatchNorm "
+                           "weights (running statistics calibrated at the width; GroupNorm has none); use 'BN', "
+                           "'SyncBN' or 'FrozenBN', or train the GroupNorm backbone with --random-init")
+
+
 def find_bottom_up(model: nn.Module) -> tuple[str, nn.Module]:
     """(name, module) of the Detectron2 ResNet inside ``model`` (``backbone.bottom_up`` for FPN)."""
     from detectron2.modeling.backbone import ResNet
@@ -228,6 +240,8 @@ def load_backbone_weights(model: nn.Module, data: dict[str, Any], path: str | os
     and the file must hold nothing else: otherwise :class:`WeightsError` lists what differs.
     """
     name, resnet = find_bottom_up(model)
+    if any(isinstance(m, nn.GroupNorm) for m in resnet.modules()):
+        check_norm_loadable("GN")
     target = {k: v for k, v in resnet.state_dict().items() if not k.endswith("num_batches_tracked")}
     source = data["model"]
     problems = state_mismatch({k: tuple(v.shape) for k, v in target.items()},

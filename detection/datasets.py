@@ -32,16 +32,20 @@ DEMO_SEED = 0
 DEMO_IMAGE_SIZE = 128
 DEMO_SPLITS = {"train": 240, "test": 48}
 
-# Detectron2's built-in names this project uses: files that must exist under DETECTRON2_DATASETS.
+# Detectron2's built-in names this project uses: (paths that must exist under DETECTRON2_DATASETS, layout).
 BUILTIN_LAYOUT = {
-    "voc_2007_trainval": ("VOC2007", "VOC2007/{JPEGImages,Annotations,ImageSets/Main/trainval.txt}"),
-    "voc_2012_trainval": ("VOC2012", "VOC2012/{JPEGImages,Annotations,ImageSets/Main/trainval.txt}"),
-    "voc_2007_test": ("VOC2007", "VOC2007/{JPEGImages,Annotations,ImageSets/Main/test.txt}"),
-    "coco_2017_train": ("coco/annotations/instances_train2017.json",
+    "voc_2007_trainval": (("VOC2007/JPEGImages", "VOC2007/Annotations", "VOC2007/ImageSets/Main/trainval.txt"),
+                          "VOC2007/{JPEGImages,Annotations,ImageSets/Main/trainval.txt}"),
+    "voc_2012_trainval": (("VOC2012/JPEGImages", "VOC2012/Annotations", "VOC2012/ImageSets/Main/trainval.txt"),
+                          "VOC2012/{JPEGImages,Annotations,ImageSets/Main/trainval.txt}"),
+    "voc_2007_test": (("VOC2007/JPEGImages", "VOC2007/Annotations", "VOC2007/ImageSets/Main/test.txt"),
+                      "VOC2007/{JPEGImages,Annotations,ImageSets/Main/test.txt}"),
+    "coco_2017_train": (("coco/annotations/instances_train2017.json", "coco/train2017"),
                         "coco/{train2017/,annotations/instances_train2017.json}"),
-    "coco_2017_val": ("coco/annotations/instances_val2017.json",
+    "coco_2017_val": (("coco/annotations/instances_val2017.json", "coco/val2017"),
                       "coco/{val2017/,annotations/instances_val2017.json}"),
 }
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -57,17 +61,45 @@ def check_builtin(name: str) -> None:
     """Raise :class:`DatasetMissingError` naming path, layout and ``DEMO=1`` if ``name`` is not on disk."""
     if name not in BUILTIN_LAYOUT:
         return
-    probe, layout = BUILTIN_LAYOUT[name]
+    probes, layout = BUILTIN_LAYOUT[name]
     root = datasets_root()
-    path = root / probe
-    split_file = None
-    if name.startswith("voc_"):
-        split_file = path / "ImageSets" / "Main" / f"{name.rsplit('_', 1)[1]}.txt"
-    if not path.exists() or (split_file is not None and not split_file.exists()):
+    missing = [p for p in probes if not (root / p).exists()]
+    if missing:
         raise DatasetMissingError(
-            f"dataset {name!r} not found: expected {root}/{layout} (DETECTRON2_DATASETS={root}); "
-            f"download it there, set DETECTRON2_DATASETS, or run with DEMO=1 (--demo) for the built-in demo sets"
+            f"dataset {name!r} not found: {root / missing[0]} is missing; expected {root}/{layout} "
+            f"(DETECTRON2_DATASETS={root}); download it there, set DETECTRON2_DATASETS, or run with DEMO=1 "
+            "(--demo) for the built-in demo sets"
         )
+
+
+def check_dataset(name: str) -> None:
+    """Built-in layout (:func:`check_builtin`), then the files of any registered COCO-format set: both its
+    annotation file and its image folder must exist, so that neither is found missing mid-training."""
+    check_builtin(name)
+    meta = MetadataCatalog.get(name)
+    json_file, image_root = getattr(meta, "json_file", None), getattr(meta, "image_root", None)
+    if json_file and not Path(json_file).is_file():
+        raise DatasetMissingError(f"COCO-format dataset {name!r}: annotation file {json_file} does not exist")
+    if image_root and not Path(image_root).is_dir():
+        raise DatasetMissingError(f"COCO-format dataset {name!r}: image folder {image_root} does not exist "
+                                  f"(annotations: {json_file}); put the images there")
+
+
+def image_files_of(name: str) -> list[str]:
+    """The image files of a registered set, read without parsing its annotations.
+
+    VOC-format sets: the split file's ids under ``JPEGImages``. COCO-format sets: every image in the image
+    folder (images without annotations included; the annotation file, hundreds of MB for COCO train, is
+    left for the training loader to read once). Other sets: through their Detectron2 loader.
+    """
+    meta = MetadataCatalog.get(name)
+    dirname, split, image_root = (getattr(meta, k, None) for k in ("dirname", "split", "image_root"))
+    if dirname and split:
+        ids = (Path(dirname) / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+        return [str(Path(dirname) / "JPEGImages" / f"{i}.jpg") for i in ids]
+    if image_root:
+        return sorted(str(p) for p in Path(image_root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [d["file_name"] for d in DatasetCatalog.get(name)]
 
 
 # ---------------------------------------------------------------- procedural shapes

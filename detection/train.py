@@ -48,13 +48,15 @@ from detection.config import build_config, precision
 from detection.convert import (
     WeightsError,
     calibration_batches,
+    check_norm_loadable,
     check_weights_fit,
     convert,
     load_backbone_weights,
     pixel_stats,
     read_weights,
 )
-from detection.datasets import check_builtin, register_shapes
+from detection.datasets import check_dataset, image_files_of, register_shapes
+from detection.hooks import bound_checkpoints
 from transfer.results import make_record, write_json_atomic, write_record
 from us3l.atomic import atomic_path
 from us3l.device import DEVICE_CHOICES, device_info, resolve_device
@@ -137,7 +139,7 @@ class Trainer(DefaultTrainer):
         for h in out:
             if isinstance(h, hooks.PeriodicWriter):
                 h._period = self.cfg.SOLVER.LOG_PERIOD  # DefaultTrainer hard-codes 20
-        return out
+        return bound_checkpoints(out, self.cfg.SOLVER.CHECKPOINTS_TO_KEEP)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
@@ -259,6 +261,8 @@ def prepare(args: argparse.Namespace) -> tuple[CfgNode, Job]:
 
     cfg = build_config(args.task, arch=arch, width=width, demo=args.demo, opts=args.opts, device=device,
                        pixel=pixel)
+    if not args.random_init:
+        check_norm_loadable(cfg.MODEL.RESNETS.NORM)
     if cfg.SEED < 0:
         cfg.SEED = int.from_bytes(os.urandom(4), "big") % 2**31  # drawn once, applied in every process, recorded
     run_dir = run_dir_for(args.output, args.task, args.demo, tag, width)
@@ -269,7 +273,7 @@ def prepare(args: argparse.Namespace) -> tuple[CfgNode, Job]:
     if args.demo:
         register_shapes(datasets_dir)
     for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
-        check_builtin(name)
+        check_dataset(name)
         if name not in DatasetCatalog.list():
             raise UsageError(f"dataset {name!r} is not registered with Detectron2")
     weights = None
@@ -298,7 +302,7 @@ def prepare(args: argparse.Namespace) -> tuple[CfgNode, Job]:
 
 def convert_for_training(ck: us3l.BackboneCheckpoint, width: float, cfg: CfgNode, out: str, device: str) -> None:
     """Calibrated conversion at ``width`` on the first training set's images."""
-    files = [d["file_name"] for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])]
+    files = image_files_of(cfg.DATASETS.TRAIN[0])
     n, bs = cfg.MODEL.US3L.CALIBRATION_BATCHES, cfg.MODEL.US3L.CALIBRATION_BATCH_SIZE
     size = cfg.INPUT.MIN_SIZE_TEST
     batches = calibration_batches(files, num_batches=n, batch_size=bs, size=size,
