@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +14,8 @@ from real_layouts import write_checkpoint, write_cifar10
 import us3l
 from transfer import linear
 from transfer.features import cache_key, cache_path, load_cached, save_cached
-from transfer.linear import Evaluation, LinearConfig, Protocol, accuracy, backbone_batches, cached_batches, fit_linear
+from transfer.linear import Evaluation, Protocol, accuracy, backbone_batches, cached_batches, fit_linear, make_job
+from us3l.jobs import read_records, spec_diff, spec_id
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +42,85 @@ def test_cli_writes_record_with_top1_params_macs(setup, capsys):
     assert "top-1" in capsys.readouterr().out
     [path] = (root / "results").glob("linear-cifar10-w0.5000-*.json")
     rec = json.loads(path.read_text())
-    assert (rec["task"], rec["dataset"], rec["width"], rec["demo"]) == ("linear", "cifar10", 0.5, False)
-    assert rec["checkpoint_sha256"] == us3l.file_sha256(ckpt)
+    spec, prov = rec["spec"], rec["provenance"]
+    assert (spec["task"], spec["dataset"], spec["width"], spec["demo"]) == ("linear", "cifar10", 0.5, False)
+    assert spec["checkpoint_sha256"] == us3l.file_sha256(ckpt) and rec["status"] == "ok"
     assert rec["metrics"]["top1"] > 60  # colour-coded classes: far above chance (10) even from random init
     params, macs = us3l.count_params_macs("resnet18", 0.5, input_size=32, num_classes=0, stem="cifar")
-    assert (rec["params"], rec["macs"]) == (params, macs)
-    assert rec["config"]["protocol"]["epochs"] == 20 and rec["config"]["input_size"] == 32
-    assert (rec["config"]["train_size"], rec["config"]["test_size"]) == (100, 50)
-    assert (rec["seed"], rec["precision"], rec["device"]["type"], rec["device"]["count"]) == (0, "float32", "cpu", 1)
-    assert rec["device"]["name"] and rec["host"]
-    # the cached features have the width's feature size
+    assert (rec["cost"]["backbone_params"], rec["cost"]["backbone_macs"]) == (params, macs)
+    assert spec["protocol"]["epochs"] == 20 and rec["cost"]["input_size"] == 32
+    assert (prov["data"]["train_size"], prov["data"]["test_size"]) == (100, 50)
+    assert (spec["seed"], prov["precision"]) == (0, "float32")
+    assert (prov["device"]["type"], prov["device"]["count"]) == ("cpu", 1)
+    assert prov["device"]["name"] and prov["host"]
+    # the cached features have the width's feature size, and name the job that wrote them
     [train] = [p for p in (root / "cache").glob("cifar10-train-w0.5000-*.pt")]
-    assert torch.load(train)["x"].shape == (100, us3l.channel_plan("resnet18", 0.5).feature_dim)
+    entry = torch.load(train)
+    assert entry["x"].shape == (100, us3l.channel_plan("resnet18", 0.5).feature_dim)
+    assert entry["written_by"] == rec["id"]
+
+
+def test_runs_differing_only_in_lr_leave_two_records(setup, tmp_path):
+    root, ckpt = setup
+
+    def run(*extra: str) -> dict:
+        argv = _argv(root, ckpt, "0.5", "--epochs", "3", *extra)
+        argv[argv.index("--results") + 1] = str(tmp_path / "r")
+        assert linear.main(argv) == 0
+        return {r["id"]: r for r in read_records(tmp_path / "r")}
+
+    first = run()
+    both = run("--lr", "0.05")  # the last --lr wins: only the learning rate differs
+    assert len(first) == 1 and len(both) == 2 and set(first) < set(both)
+    assert sorted(r["spec"]["protocol"]["lr"] for r in both.values()) == [0.05, 0.1]
+    assert [spec_diff(*(r["spec"] for r in both.values()))] == [["protocol.lr"]]
+    assert set(run("--lr", "0.05")) == set(both)  # the same spec again replaces its own record
+    scratch = run("--random-init")
+    [rec] = [r for i, r in scratch.items() if i not in both]
+    assert rec["spec"]["random_init"] is True and rec["spec"]["method"] == "random-init"
+
+
+def test_lr_nan_fails_with_a_failed_record_and_exit_1(setup, tmp_path, capsys):
+    root, ckpt = setup
+    argv = _argv(root, ckpt, "0.5", "--epochs", "3", "--lr", "nan")
+    argv[argv.index("--results") + 1] = str(tmp_path / "r")
+    assert linear.main(argv) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
+    assert line.startswith("transfer.linear: error: diverged: the linear classifier's loss became NaN")
+    [path] = (tmp_path / "r").glob("linear-cifar10-w0.5000-*.json")
+    rec = json.loads(path.read_text(), parse_constant=_no_constants)  # strict JSON
+    assert (rec["status"], rec["metrics"], rec["undefined_metrics"]) == ("failed", {}, [])
+    assert rec["error"].startswith("Diverged: ") and rec["spec"]["protocol"]["lr"] == "nan"
+    assert line.endswith(str(path))
+
+
+def _no_constants(name: str) -> None:
+    raise AssertionError(f"{name} in a record")
+
+
+def test_record_has_every_provenance_field(setup, tmp_path):
+    root, ckpt = setup
+    argv = _argv(root, ckpt, "0.5", "--epochs", "1")
+    argv[argv.index("--results") + 1] = str(tmp_path / "r")
+    assert linear.main(argv) == 0
+    [path] = (tmp_path / "r").glob("linear-cifar10-w0.5000-*.json")
+    rec = json.loads(path.read_text(), parse_constant=_no_constants)
+    print(json.dumps(rec, indent=2))  # pytest -s shows one whole record
+    assert set(rec) == {"record_version", "id", "status", "error", "spec", "metrics", "undefined_metrics", "cost",
+                        "provenance", "wall_time_s", "finished_at"}
+    prov = rec["provenance"]
+    assert {"git_commit", "git_dirty", "command", "host", "device", "precision", "world_size", "versions",
+            "checkpoint_sha256", "spec_id"} <= set(prov)
+    assert len(prov["git_commit"]) == 40 and isinstance(prov["git_dirty"], bool)
+    assert prov["git_commit"] == subprocess.run(["git", "-C", str(Path(linear.__file__).parents[1]), "rev-parse",
+                                                 "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert prov["command"].startswith("python -m transfer.linear --dataset cifar10 ")
+    assert "--width 0.5" in prov["command"] and prov["host"] and prov["device"]["name"]
+    assert (prov["precision"], prov["world_size"], prov["device"]["count"]) == ("float32", 1, 1)
+    assert {"python", "torch", "torchvision", "numpy"} <= set(prov["versions"])
+    assert prov["checkpoint_sha256"] == rec["spec"]["checkpoint_sha256"] == us3l.file_sha256(ckpt)
+    assert prov["spec_id"] == rec["id"] == spec_id(rec["spec"]) and path.name.endswith(f"-{rec['id']}.json")
+    assert rec["wall_time_s"] > 0 and rec["finished_at"]
 
 
 def test_cache_is_reused_and_stale_entries_are_not(setup, tmp_path):
@@ -82,7 +152,7 @@ def test_entry_stored_under_another_key_is_not_read(tmp_path):
     key_b = {**key_a, "checkpoint_sha256": "b" * 64}
     from transfer.features import Features
 
-    save_cached(tmp_path, key_a, Features(torch.ones(3, 4), torch.zeros(3, dtype=torch.int64)))
+    save_cached(tmp_path, key_a, Features(torch.ones(3, 4), torch.zeros(3, dtype=torch.int64)), written_by="x")
     assert load_cached(tmp_path, key_a) is not None
     shutil.copy(cache_path(tmp_path, key_a), cache_path(tmp_path, key_b))  # a mislabelled entry
     assert load_cached(tmp_path, key_b) is None
@@ -92,28 +162,24 @@ def test_entry_stored_under_another_key_is_not_read(tmp_path):
 
 def test_cached_training_equals_training_through_the_backbone(setup):
     root, ckpt = setup
-    cfg = LinearConfig(dataset="cifar10", checkpoint=str(ckpt), width=0.75, results=str(root / "results"),
-                       data_root=str(root / "data"), cache_dir=str(root / "cache"), device="cpu",
-                       protocol=Protocol(epochs=4, lr=0.1, batch_size=64))
-    ev = Evaluation(cfg)
+    ev = Evaluation(*make_job(_argv(root, ckpt, "0.75", "--epochs", "4", "--batch-size", "64")))
     train, test = ev.features("train"), ev.features("test")
-    dev = torch.device("cpu")
-    a = fit_linear(cached_batches(train, cfg.protocol, dev), train.x.shape[1], 10, cfg.protocol, dev)
-    b = fit_linear(backbone_batches(ev.backbone(), ev.data["train"], cfg.protocol, dev, 0), train.x.shape[1], 10,
-                   cfg.protocol, dev)
+    dev, protocol = torch.device("cpu"), ev.protocol
+    assert (protocol.epochs, protocol.lr, protocol.batch_size) == (4, 0.1, 64)
+    a = fit_linear(cached_batches(train, protocol, dev), train.x.shape[1], 10, protocol, dev)
+    b = fit_linear(backbone_batches(ev.backbone(), ev.data["train"], protocol, dev, 0), train.x.shape[1], 10,
+                   protocol, dev)
     torch.testing.assert_close(a.weight, b.weight, atol=1e-4, rtol=1e-4)
     assert accuracy(a, test, dev) == accuracy(b, test, dev)
 
 
 def test_features_equal_the_calibrated_slimmable_model(setup):
     root, ckpt = setup
-    cfg = LinearConfig(dataset="cifar10", checkpoint=str(ckpt), width=0.35, results=str(root / "results"),
-                       data_root=str(root / "data"), cache_dir=str(root / "cache"), calib_batches=1, device="cpu",
-                       calib_batch_size=100)
-    feats = Evaluation(cfg).features("test")
+    job = make_job(_argv(root, ckpt, "0.35", "--calib-batches", "1", "--calib-batch-size", "100"))
+    feats = Evaluation(*job).features("test")
     # independent reference: the slimmable model itself, BN statistics from the whole training set at 0.35
     model = us3l.load_checkpoint(ckpt).build_model()
-    ev = Evaluation(cfg)
+    ev = Evaluation(*job)
     images = torch.stack([ev.data["train"][i][0] for i in range(100)])
     us3l.calibrate_bn(model, 0.35, [images], 1)
     test_images = torch.stack([ev.data["test"][i][0] for i in range(50)])
@@ -141,9 +207,9 @@ def test_accuracy_top_k():
 def test_augment_mode_writes_its_own_record(setup):
     root, ckpt = setup
     assert linear.main(_argv(root, ckpt, "0.25", "--augment", "--epochs", "1")) == 0
-    [path] = (root / "results").glob("linear-augment-cifar10-w0.2500-*.json")
+    [path] = (root / "results").glob("linear-cifar10-w0.2500-*.json")
     rec = json.loads(path.read_text())
-    assert rec["task"] == "linear-augment" and rec["config"]["augment"] is True
+    assert rec["spec"]["task"] == "linear" and rec["spec"]["protocol"]["augment"] is True
 
 
 @pytest.mark.parametrize("change, message", [
@@ -197,5 +263,5 @@ def test_demo_shapes_is_tagged_demo(tmp_path):
             str(tmp_path / "r"), "--data-root", str(tmp_path / "data"), "--epochs", "2"]
     assert linear.main(argv) == 0
     rec = json.loads(next((tmp_path / "r").glob("*.json")).read_text())
-    assert rec["demo"] is True and rec["dataset"] == "shapes" and rec["config"]["input_size"] == 32
-    assert rec["config"]["num_classes"] == 6
+    assert rec["spec"]["demo"] is True and rec["spec"]["dataset"] == "shapes" and rec["cost"]["input_size"] == 32
+    assert rec["provenance"]["data"]["num_classes"] == 6

@@ -2,7 +2,8 @@
 
 The key holds the checkpoint's SHA-256, the width, the dataset, its split, a fingerprint of its
 files, the transform and the BatchNorm calibration settings. The file name carries the key's digest
-and the file stores the key itself, so a stale entry (any of those changed) is never read back.
+and the file stores the key itself, so a stale entry (any of those changed) is never read back. An entry
+also names the job that wrote it (its spec id); jobs that differ only in the classifier's protocol share it.
 """
 
 from __future__ import annotations
@@ -57,10 +58,10 @@ def load_cached(cache_dir: str | os.PathLike, key: dict[str, Any]) -> Features |
     return Features(obj["x"], obj["y"])
 
 
-def save_cached(cache_dir: str | os.PathLike, key: dict[str, Any], feats: Features) -> Path:
-    """Store ``feats`` under ``key`` atomically (temporary file + rename)."""
+def save_cached(cache_dir: str | os.PathLike, key: dict[str, Any], feats: Features, written_by: str) -> Path:
+    """Store ``feats`` under ``key`` atomically (temporary file + rename); ``written_by``: the job's spec id."""
     path = cache_path(cache_dir, key)
-    atomic_torch_save({"key": key, "x": feats.x, "y": feats.y}, path)
+    atomic_torch_save({"key": key, "x": feats.x, "y": feats.y, "written_by": written_by}, path)
     return path
 
 
