@@ -658,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", help="results directory (JSON run records)")
     p.add_argument("-o", "--output", default="output/plots", help="directory of the figures and tables")
     p.add_argument("--suite", help="suite file (suites/*.yaml): its methods are the lines, its baseline the deltas")
-    p.add_argument("--output-root", default="output", help="what ${OUTPUT} stands for in the suite (default output)")
+    p.add_argument("--output-root", default="output", help="what $OUTPUT stands for in the suite (default output)")
     p.add_argument("--baseline", help="method the deltas are against (default: the suite's)")
     ref = p.add_mutually_exclusive_group()
     ref.add_argument("--reference", default=str(PAPER), help="published values to overlay on real-data results "

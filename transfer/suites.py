@@ -10,17 +10,18 @@ A suite is YAML (``suites/paper_r50.yaml``)::
     demo: false                     # true: the built-in demo data (optional)
     methods:
       US3L:                         # one slimmable checkpoint evaluated at every width
-        checkpoint: ${OUTPUT}/pretrain/imagenet_r50/backbone.pth
+        checkpoint: $OUTPUT/pretrain/imagenet_r50/backbone.pth
       BYOL:                         # one fixed-width checkpoint per width: one family, one line
         checkpoints:
-          1.0: ${OUTPUT}/pretrain/imagenet_r50_byol_w100/backbone.pth
-          0.5: ${OUTPUT}/pretrain/imagenet_r50_byol_w050/backbone.pth
+          1.0: $OUTPUT/pretrain/imagenet_r50_byol_w100/backbone.pth
+          0.5: $OUTPUT/pretrain/imagenet_r50_byol_w050/backbone.pth
       random init:                  # the checkpoint fixes arch and normalisation only
-        checkpoint: ${OUTPUT}/pretrain/imagenet_r50/backbone.pth
+        checkpoint: $OUTPUT/pretrain/imagenet_r50/backbone.pth
         random_init: true
 
-``${OUTPUT}`` stands for the output directory (``make``'s ``OUTPUT``, default ``output``); other relative
-paths are relative to the current directory. A slimmable method may restrict itself with ``widths:``.
+``$OUTPUT`` (or ``${OUTPUT}``) stands for the output directory (``make``'s ``OUTPUT``, default ``output``);
+other relative paths are relative to the current directory. A slimmable method may restrict itself with
+``widths:``.
 :func:`load_suite` checks the file; :func:`suite_jobs` also checks every checkpoint and expands the suite
 into the (method, checkpoint, width, task) jobs of a sweep.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import yaml
@@ -105,7 +107,7 @@ class SuiteJob:
 
 
 def load_suite(path: str | os.PathLike, output: str | os.PathLike = "output") -> Suite:
-    """Read and check a suite file; ``${OUTPUT}`` in checkpoint paths becomes ``output``."""
+    """Read and check a suite file; ``$OUTPUT`` in checkpoint paths becomes ``output``."""
     path = Path(path)
     if not path.is_file():
         raise SuiteError(f"{path}: no such suite file; see suites/ for examples")
@@ -196,7 +198,7 @@ def _method(name: str, spec: Any, widths: tuple[float, ...], output: str, fail) 
     def path(p: Any) -> str:
         if not isinstance(p, str) or not p:
             raise fail(f"method {name!r}: a checkpoint is a path, got {p!r}")
-        return p.replace("${OUTPUT}", output)
+        return Template(p).safe_substitute(OUTPUT=output)
 
     def in_suite(ws: tuple[float, ...]) -> tuple[float, ...]:
         for w in ws:
