@@ -279,3 +279,33 @@ def test_broken_record_is_named(tmp_path):
     write(r, rec)
     with pytest.raises(ValueError, match=r"linear-.*\.json: not a complete run record .*width"):
         plot.read_runs(r)
+
+
+def test_demo_suite_with_random_init_baseline(tmp_path):
+    """US3L (one checkpoint), BYOL trained at 1.0 and 0.5, and random initialisation of US3L's network: three
+    lines, deltas against random init, labelled demo data, no published values."""
+    demo_ck = "/ck/pretrain/demo_shapes/backbone.pth"
+    r = tmp_path / "r"
+    for w in (1.0, 0.5, 0.25):
+        write(r, *(record("linear", "shapes", w, {"top1": 80.0 + w + s}, checkpoint=demo_ck, seed=s, demo=True)
+                   for s in range(2)),
+              record("linear", "shapes", w, {"top1": 30.0}, checkpoint=demo_ck, random_init=True, demo=True))
+    for w in (1.0, 0.5):
+        ck = f"/ck/pretrain/demo_shapes_byol_w{round(w * 100):03d}/backbone.pth"
+        write(r, record("linear", "shapes", w, {"top1": 60.0}, checkpoint=ck, method="byol", demo=True))
+    (tmp_path / "demo.yaml").write_text(
+        (Path(__file__).resolve().parent.parent / "suites" / "demo.yaml").read_text().replace("[linear:shapes, voc]",
+                                                                                              "[linear:shapes]"))
+    suite = load_suite(tmp_path / "demo.yaml", output="/ck")
+    figures, summary = plot.render(r, tmp_path / "p", suite=suite)
+    assert [f.name for f in figures] == ["demo-linear.png"] and "## Benchmark" not in summary
+    assert "paper" not in summary and "## Demo data" in summary
+    title = "Linear top-1 (%) on shapes per width (Table 4 layout)"
+    assert _row(summary, title, "US3L")[1:] == ["81.5 ± 0.7 (n=2) Δ+51.5", "81.0 ± 0.7 (n=2) Δ+51.0",
+                                                "80.8 ± 0.7 (n=2) Δ+50.8"]
+    assert _row(summary, title, "BYOL")[1:] == ["60.0 (n=1) Δ+30.0", "60.0 (n=1) Δ+30.0", "-"]
+    assert _row(summary, title, "random init")[1:] == ["30.0 (n=1)"] * 3
+    groups, _ = plot.data_groups(plot.read_runs(r), suite)
+    [spec] = plot.figure_specs(groups)
+    lines = plot.series(spec, spec.panels[0], "width")
+    assert {ln.label: len(pts) for ln, pts in lines.items()} == {"US3L": 3, "BYOL": 2, "random init": 3}
