@@ -153,6 +153,20 @@ def test_runs_differing_in_protocol_are_separate_lines(tmp_path):
         "us3l (imagenet_r50) [lr=0.1]": [50.0], "us3l (imagenet_r50) [lr=1.0]": [70.0]}
 
 
+def test_width_dependent_protocol_values_and_digests_keep_one_line(tmp_path):
+    """Detection protocols hold the FPN width (changes with the width) and a config digest (changes with the
+    seed): neither splits a method's line, and the seeds of a width are averaged."""
+    r = tmp_path / "r"
+    write(r, *(record("voc", "voc_2007_test", w, {"AP50": 50.0 + s}, seed=s,
+                      protocol={"base_lr": 0.02, "fpn_channels": int(256 * w), "config_sha256": f"{w}-{s}"})
+               for w in (1.0, 0.5) for s in range(2)))
+    groups, _ = plot.data_groups(plot.read_runs(r), reference=None)
+    [spec] = plot.figure_specs(groups)
+    lines = plot.series(spec, spec.panels[0], "width")
+    assert {ln.label: [(p.x, p.mean, p.n) for p in pts] for ln, pts in lines.items()} == {
+        "us3l (imagenet_r50)": [(0.5, 50.5, 2), (1.0, 50.5, 2)]}
+
+
 def test_a_retrained_checkpoint_is_not_averaged_with_the_old_one(tmp_path):
     r = tmp_path / "r"
     old, new = record("linear", "cifar10", 1.0, {"top1": 50.0}), record("linear", "cifar10", 1.0, {"top1": 70.0})
@@ -309,3 +323,21 @@ def test_demo_suite_with_random_init_baseline(tmp_path):
     [spec] = plot.figure_specs(groups)
     lines = plot.series(spec, spec.panels[0], "width")
     assert {ln.label: len(pts) for ln, pts in lines.items()} == {"US3L": 3, "BYOL": 2, "random init": 3}
+
+
+def test_reads_the_records_the_jobs_write(tmp_path):
+    """A record written by us3l.jobs (the writer of every evaluation job) reads back as the same run."""
+    from us3l import jobs
+
+    spec = jobs.JobSpec(task="linear", dataset="cifar10", width=0.5, checkpoint=US3L, checkpoint_sha256="a" * 64,
+                        method="us3l", arch="resnet50", seed=3, demo=False, protocol={"lr": 30.0, "augment": False})
+    ok = jobs.make_record(spec, metrics={"top1": 61.5}, cost={"backbone_macs": 1_000_000_000},
+                          provenance={"precision": "float32"}, wall_time_s=2.0)
+    failed = jobs.make_record(jobs.JobSpec(**{**spec.__dict__, "seed": 4}), metrics={}, cost={}, provenance={},
+                              wall_time_s=1.0, error="loss is nan")
+    for rec in (ok, failed):
+        jobs.write_record(tmp_path, rec)
+    runs = sorted(plot.read_runs(tmp_path), key=lambda r: r.seed)
+    assert [(r.id, r.ok, r.seed, r.width, r.metrics) for r in runs] == [
+        (spec.id, True, 3, 0.5, {"top1": 61.5}), (failed["id"], False, 4, 0.5, {})]
+    assert runs[0].cost == {"backbone_macs": 1e9} and runs[0].checkpoint == US3L

@@ -191,12 +191,9 @@ def assign_lines(runs: Sequence[Run], suite: Suite | None = None) -> tuple[list[
             label = f"{method} ({_family_name(r)})"
             families.append((r, (label, method, r.arch, (0, label))))
     families = _split_mixed_checkpoints(families)
-    settings: dict[tuple, set[str]] = {}
-    for r, fam in families:
-        settings.setdefault((fam, r.task), set()).add(r.setting)
+    variants = _variants(families)
     out = []
-    for r, (label, method, arch, rank) in families:
-        variant = _variant(r.setting, settings[((label, method, arch, rank), r.task)])
+    for (r, (label, method, arch, rank)), variant in zip(families, variants):
         full = f"{label} (paper {r.source}, {_arch_short(arch)})" if r.source else label
         out.append((r, Line(full + (f" [{variant}]" if variant else ""), method, arch, r.source, variant,
                             rank + (variant,))))
@@ -219,18 +216,25 @@ def _split_mixed_checkpoints(families: list[tuple[Run, tuple]]) -> list[tuple[Ru
             for r, fam in families]
 
 
-def _variant(setting: str, all_settings: set[str]) -> str:
-    """The protocol keys (and overrides) in which ``setting`` differs from the family's others, as k=v."""
-    if len(all_settings) < 2:
-        return ""
-    flat = [_flatten(json.loads(s)) for s in sorted(all_settings)]
-    mine = _flatten(json.loads(setting))
-    keys = sorted({k for f in flat for k in f if any(g.get(k) != f.get(k) for g in flat)})
-    return ", ".join(f"{k}={mine.get(k)}" for k in keys)
+def _variants(families: list[tuple[Run, tuple]]) -> list[str]:
+    """Per run, the protocol values that set it apart (``lr=0.1``), or ``""``.
+
+    Runs of a family in one panel split into variants only where they differ at the same width: values that
+    change with the width alone (a detector's FPN channels) keep one line. Digests (``*_sha256``) summarise
+    other values (and may include the seed), so they split nothing."""
+    flats = [_flatten(json.loads(r.setting)) for r, _ in families]
+    at_width: dict[tuple, dict[float, list[dict[str, Any]]]] = {}
+    for (r, fam), flat in zip(families, flats):
+        at_width.setdefault((fam, r.panel), {}).setdefault(r.width, []).append(flat)
+    keys = {group: sorted({k for same in ws.values() for f in same for k in f if any(g.get(k) != f.get(k)
+                                                                                  for g in same)})
+            for group, ws in at_width.items()}
+    return [", ".join(f"{k}={flat.get(k)}" for k in keys[(fam, r.panel)]) for (r, fam), flat in zip(families, flats)]
 
 
 def _flatten(setting: dict[str, Any]) -> dict[str, Any]:
-    return {**setting.get("protocol", {}), "overrides": " ".join(map(str, setting.get("overrides", [])))}
+    protocol = {k: v for k, v in setting.get("protocol", {}).items() if not k.endswith("_sha256")}
+    return {**protocol, "overrides": " ".join(map(str, setting.get("overrides", [])))}
 
 
 @dataclass
