@@ -50,6 +50,8 @@ X_AXES = {"width": "width", "backbone_macs": "backbone GMACs", "detector_macs": 
           "detector_params": "detector params (M)"}
 X_SCALE = {"width": 1.0, "backbone_macs": 1e9, "detector_macs": 1e9, "detector_params": 1e6}
 DETECTOR_AXES = ("detector_macs", "detector_params")
+COST_NAMES = {"backbone_params": "backbone params (M)", "backbone_macs": "backbone GMACs",
+              "detector_params": "detector params (M)", "detector_macs": "detector GMACs"}
 
 
 @dataclass(frozen=True)
@@ -424,12 +426,16 @@ def save_figure(fig, path: Path) -> Path:
 
 @dataclass
 class Cell:
+    """A table cell and its difference from the baseline's cell."""
+
     stat: Stat | None  # None: no run
     delta: float | None = None
 
 
 @dataclass
 class Row:
+    """A table row: a line at one width (row layouts) or at every width (per-width layouts)."""
+
     line: Line
     width: float | None  # None in a per-width layout (the columns are widths)
     cost: dict[str, float]
@@ -509,9 +515,6 @@ def row_table(key: str, title: str, pairs: list[tuple[Run, Line]], columns: list
     first = ["method", "width", *(COST_NAMES[k] for k in cost_keys)]
     return Table(key, title, first, [name for _, _, name in columns], rows, cost_keys, baseline)
 
-
-COST_NAMES = {"backbone_params": "backbone params (M)", "backbone_macs": "backbone GMACs",
-              "detector_params": "detector params (M)", "detector_macs": "detector GMACs"}
 
 
 def summary_tables(pairs: list[tuple[Run, Line]], baseline: str | None) -> list[Table]:
