@@ -39,7 +39,7 @@ else
 LAUNCH := $(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS) -m
 endif
 
-.PHONY: install check-python test lint pretrain voc coco linear sweep plot demo clean
+.PHONY: install check-python test lint pretrain pretrain-widths voc coco linear sweep plot demo clean
 
 ifeq ($(PYTHON),$(DEFAULT_PYTHON))
 install: $(STAMP)
@@ -72,6 +72,11 @@ ifeq ($(EXECUTOR),slurm)
 else
 	$(LAUNCH) pretrain --config $(PRETRAIN_CONFIG) output_dir=$(OUTPUT)/pretrain device=$(DEVICE) $(ARGS)
 endif
+
+# Baselines trained separately per width (e.g. pretrain/configs/imagenet_r50_byol.yaml): one run per width.
+pretrain-widths: install
+	$(LAUNCH) pretrain.per_width --config $(PRETRAIN_CONFIG) --widths $(WIDTHS) output_dir=$(OUTPUT)/pretrain \
+	  device=$(DEVICE) $(ARGS)
 
 voc coco: install
 	$(PYTHON) -m detection.train --task $@ --checkpoint $(CKPT) --width $(WIDTH) --num-gpus $(GPUS) \

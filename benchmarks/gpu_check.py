@@ -3,7 +3,8 @@
 ``python benchmarks/gpu_check.py --out DIR [--cpu]`` (``scripts/gpu_check.sh``) runs, each as its own
 process so memory peaks are per run:
 - ResNet-50 pretraining with ``pretrain/configs/imagenet_r50.yaml`` on a synthetic ImageNet folder,
-  AMP on: ``us3l`` (channels_last off and on) and plain ``simclr``; images/s, peak memory, finite losses;
+  AMP on: the config's US3L preset (channels_last off and on) and plain ``simclr``; images/s, peak
+  memory, finite losses;
 - Faster R-CNN with the VOC config at widths 1.0 and 0.25 on the US3L checkpoint: s/iteration, memory, AP;
 - one linear evaluation (CIFAR-10 layout) at width 0.5: wall time and top-1.
 It writes ``DIR/gpu_check.json`` and ``DIR/gpu_check.md``. ``--cpu`` runs the same steps at CPU sizes (a
@@ -22,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the real-layout fixture writers
@@ -58,13 +61,15 @@ def _run(cmd: list[str], env: dict[str, str], log: Path) -> float:
 def pretrain(mode: str, work: Path, env: dict[str, str], preset: str, channels_last: bool) -> dict[str, Any]:
     name = f"{preset}{'-cl' if channels_last else ''}"
     out = work / "pretrain" / name
-    cmd = [sys.executable, "-m", "pretrain", "--config", str(CONFIG), f"output_dir={out}", f"preset={preset}",
+    cmd = [sys.executable, "-m", "pretrain", "--config", str(CONFIG), f"output_dir={out}",
+           *([] if preset == "config" else [f"preset={preset}"]),
            f"data_root={work / 'data'}", "checkpoint_every=1000", f"channels_last={str(channels_last).lower()}",
            *SIZES[mode]["pretrain"]]
     wall = _run(cmd, env, work / f"pretrain-{name}.log")
     records = [json.loads(x) for x in (out / CONFIG.stem / "metrics.jsonl").read_text().splitlines()]
     steady = records[1:] or records  # the first window includes start-up
-    return {"preset": preset, "channels_last": channels_last, "iterations": records[-1]["iteration"],
+    return {"preset": yaml.safe_load(CONFIG.read_text())["preset"] if preset == "config" else preset,
+            "channels_last": channels_last, "iterations": records[-1]["iteration"],
             "images_per_s": sum(r["images_per_s"] for r in steady) / len(steady),
             "peak_memory_mb": records[-1]["peak_memory_mb"], "precision": records[-1]["precision"],
             "loss_finite": all(math.isfinite(r["loss"]) for r in records), "last_loss": records[-1]["loss"],
@@ -136,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     write_cifar10(work / "data", n_train=n_train, n_test=n_test)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DETECTRON2_DATASETS": str(work / "data"),
            "DATA_ROOT": str(work / "data")}
-    runs = [pretrain(mode, work, env, preset, cl) for preset, cl in (("us3l", False), ("us3l", True),
+    # "config": the US3L preset the real config names
+    runs = [pretrain(mode, work, env, preset, cl) for preset, cl in (("config", False), ("config", True),
                                                                       ("simclr", False))]
     checkpoint = runs[0]["checkpoint"]
     report = {

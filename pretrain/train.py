@@ -21,7 +21,6 @@ from us3l.device import DeviceError, device_info, resolve_device
 from us3l.device import precision_name as device_precision
 from us3l.group_reg import GroupRegularizer, regularized_parameters
 from us3l.models import build_model
-from us3l.samplers import build_sampler
 from us3l.ssl import SSLModel
 
 from . import distributed as D
@@ -178,7 +177,7 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
     reg = None
     if ssl_cfg.regularizer == "group":
         reg = GroupRegularizer(model.encoder.backbone, cfg.weight_decay, ssl_cfg.group_alpha, ssl_cfg.groups,
-                               ramp_iters=int(cfg.group_ramp * total))
+                               ramp_iters=int(cfg.group_ramp * total), schedule=ssl_cfg.group_schedule)
     optimizer = torch.optim.SGD(_param_groups(model, cfg, reg is not None), lr=cfg.lr, momentum=cfg.momentum)
     amp_dtype, precision = autocast_dtype(cfg, device), precision_name(cfg, device)
     # float16 needs loss scaling; bfloat16 has float32's range and does not.
@@ -200,7 +199,7 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
     D.barrier()
     log = RunLogger(run_dir, info.is_main, start)
-    sampler = build_sampler(ssl_cfg.sampler, total, cfg.width_range, cfg.seed, ssl_cfg.width)
+    sampler = ssl_cfg.make_sampler(total, cfg.width_range, cfg.seed)
     views = TwoViews(base, simclr_augmentation(cfg.image_size, _augmentation_name(cfg.dataset)), seed=cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
 
