@@ -92,7 +92,8 @@ sweep: install
 	  $(if $(PARTITION),--partition $(PARTITION)) --results $(RESULTS) --output $(OUTPUT)/sweep $(DEMO_FLAG) $(ARGS)
 
 plot: install
-	$(PYTHON) -m transfer.plot $(RESULTS) -o $(PLOTS)
+	$(PYTHON) -m transfer.plot $(RESULTS) -o $(PLOTS) $(if $(SUITE),--suite $(SUITE) --output-root $(OUTPUT)) \
+	  $(if $(BASELINE),--baseline "$(BASELINE)") $(if $(X),--x $(X))
 
 demo: install
 	$(MAKE) pretrain DEMO=1
