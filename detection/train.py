@@ -1,30 +1,36 @@
 """Fine-tune and evaluate a detector on a slimmable backbone at one width; one results record per run.
 
 ``python -m detection.train --task voc|coco (--checkpoint CKPT --width W | --weights FILE.pkl)
-[--random-init] [--device auto|cuda|cpu] [--num-gpus N] [--deterministic] [--resume] [--demo]
-[--results DIR] [--output DIR] [KEY VALUE ...]``
+[--random-init] [--seed N] [--device auto|cuda|cpu] [--num-gpus N] [--deterministic] [--resume] [--demo]
+[--results DIR] [--output DIR] [--run-dir DIR] [KEY VALUE ...]``
 
 VOC: Faster R-CNN R50-FPN evaluated by Detectron2's ``PascalVOCDetectionEvaluator`` (AP, AP50, AP75).
 COCO: Mask R-CNN R50-FPN evaluated by ``COCOEvaluator`` with pycocotools (box and mask AP, AP50, AP75,
-APs, APm, APl). The architecture comes from the checkpoint. The run directory is deterministic from
-(task, demo, source, width), so ``--resume`` (and a requeued job) continues from ``last_checkpoint``.
+APs, APm, APl). The architecture comes from the checkpoint. The command line becomes a job spec
+(:mod:`us3l.jobs`: the schedule, the overrides, the seed and a digest of the whole resolved config); the
+run directory ``OUTPUT/<task>[-demo]/w<width>-<spec id>`` carries its identity, so ``--resume`` (and a
+requeued job) continues from ``last_checkpoint``, and a directory holding another spec's run is refused.
 ``--random-init`` trains the same schedule from random initialisation (the checkpoint only fixes
 arch and input normalisation). Every input problem is reported before training starts (exit status 2),
 including a real (non-demo) run that finds no CUDA device: it runs on CPU only with ``--device cpu``.
 ``SOLVER.AMP.ENABLED`` trains in float16 autocast on CUDA and bfloat16 autocast on CPU; ``SEED`` is
-applied in every process; a resume must keep the run's precision. The record carries device, precision
-and seed.
+applied in every process; a resume must keep the run's precision. A NaN or infinite loss or metric ends
+the run with exit status 1 and a failed record. The record carries the whole detector's parameters and
+MACs at the test size beside the backbone's.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,30 +61,57 @@ from detection.convert import (
     pixel_stats,
     read_weights,
 )
+from detection.cost import detector_params_macs
 from detection.datasets import check_dataset, image_files_of, register_shapes
 from detection.hooks import bound_checkpoints
-from transfer.results import make_record, write_json_atomic, write_record
 from us3l.atomic import atomic_path
 from us3l.device import DEVICE_CHOICES, device_info, resolve_device
+from us3l.jobs import (
+    Diverged,
+    JobSpec,
+    canonical,
+    checked_width,
+    command_line,
+    make_record,
+    provenance,
+    spec_diff,
+    split_metrics,
+    write_json_atomic,
+    write_record,
+)
 
 logger = logging.getLogger("us3l.detection")
+
+
+@dataclass(frozen=True)
+class DetectionRun:
+    """Where and how a detection job runs: nothing here changes its result (that is the spec's)."""
+
+    results: str
+    output: str
+    run_dir: str | None = None  # None: OUTPUT/<task>[-demo]/w<width>-<spec id>
+    device: str = "auto"
+    num_gpus: int = 1
+    resume: bool = False
+    weights: str | None = None  # --weights: a converted .pkl instead of converting --checkpoint
+    argv: tuple[str, ...] = ()  # the equivalent command line's arguments (for the log and the record)
 
 
 @dataclass
 class Job:
     """Everything a (possibly spawned) training worker needs."""
 
-    task: str
-    demo: bool
-    width: float
-    arch: str
+    spec: JobSpec
     run_dir: str
     results_dir: str
     datasets_dir: str
     weights: str | None  # converted .pkl, None for random init
     resume: bool
-    deterministic: bool = False
-    source: dict[str, Any] = field(default_factory=dict)  # checkpoint, checkpoint_sha256, method
+    command: str
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``job.json`` in the run directory holds: the spec (canonical), its id, the run's settings."""
+        return {**asdict(self), "spec": self.spec.to_dict(), "spec_id": self.spec.id}
 
 
 class CPUAutocastTrainer(SimpleTrainer):
@@ -162,12 +195,12 @@ def flatten_metrics(task: str, results: dict[str, dict[str, float]]) -> dict[str
     return out
 
 
-def run_dir_for(output: str, task: str, demo: bool, tag: str, width: float) -> Path:
-    """Deterministic run directory of (task, demo, source tag, width)."""
-    return Path(output) / f"{task}{'-demo' if demo else ''}" / tag / f"w{width:.4f}"
+def run_dir_for(output: str, spec: JobSpec) -> Path:
+    """The run directory of ``spec``: ``OUTPUT/<task>[-demo]/w<width>-<spec id>``."""
+    return Path(output) / f"{spec.task}{'-demo' if spec.demo else ''}" / f"w{spec.width:.4f}-{spec.id}"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m detection.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", required=True, choices=("voc", "coco"))
     src = p.add_mutually_exclusive_group(required=True)
@@ -176,6 +209,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--width", type=float, help="backbone width (required with --checkpoint)")
     p.add_argument("--random-init", action="store_true",
                    help="with --checkpoint: same arch and schedule, random initialisation (baseline)")
+    p.add_argument("--seed", type=int, help="SEED of the run (default: the config's, 0)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
                    help="auto: CUDA, or CPU only for --demo runs; cpu: run a real benchmark on CPU anyway")
     p.add_argument("--num-gpus", type=int, default=1, help="CUDA processes on this machine (1 with --device cpu)")
@@ -185,6 +219,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--demo", action="store_true", help="procedural demo sets and a CPU-scale schedule")
     p.add_argument("--results", default="output/results", help="results directory (one JSON record per run)")
     p.add_argument("--output", default="output/detection", help="root of the run directories")
+    p.add_argument("--run-dir", help="run directory (default: OUTPUT/<task>[-demo]/w<width>-<spec id>); one that "
+                                     "holds another spec's run is refused")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="Detectron2 config overrides: KEY VALUE ...")
     return p.parse_args(argv)
 
@@ -221,82 +257,176 @@ def check_resume_precision(run_dir: Path, wanted: str) -> None:
                          f"on the same device type with SOLVER.AMP.ENABLED {amp}, or drop --resume to start over")
 
 
-def prepare(args: argparse.Namespace) -> tuple[CfgNode, Job]:
-    """Validate every input, build the config and convert the backbone; nothing trains here."""
-    device = resolve_device(args.device, allow_cpu=args.demo).type
-    if args.num_gpus < 1:
-        raise UsageError("--num-gpus must be >= 1")
-    if device == "cpu" and args.num_gpus > 1:
-        raise UsageError(f"--num-gpus {args.num_gpus} needs CUDA (Detectron2 launches several processes with "
-                         f"NCCL only); on CPU use --num-gpus 1")
-    if args.num_gpus > 1 and torch.cuda.device_count() < args.num_gpus:
-        raise UsageError(f"--num-gpus {args.num_gpus} but {torch.cuda.device_count()} CUDA devices are visible")
-    data = None
+USAGE_ERRORS = (ValueError, FileNotFoundError)  # UsageError, SpecError, CheckpointError, WeightsError, missing data
+
+
+def resolve_config(task: str, arch: str, width: float, pixel: tuple[list[float], list[float]], *, demo: bool,
+                   overrides: Sequence[str], seed: int | None, device: str) -> CfgNode:
+    """The run's config: the task's, the overrides, then ``seed`` (``--seed``) as ``SEED`` when given."""
+    try:
+        cfg = build_config(task, arch=arch, width=width, demo=demo, opts=list(overrides), device=device, pixel=pixel)
+    except KeyError as e:  # yacs: an override of a key the config does not have
+        raise UsageError(f"config override: {e.args[0]}") from None
+    if seed is not None:
+        cfg.SEED = seed
+    if cfg.SEED < 0:
+        raise UsageError(f"SEED {cfg.SEED} would draw another seed at every launch, so a relaunch could not find "
+                         f"its run: give one with --seed N")
+    return cfg
+
+
+def schedule(cfg: CfgNode, *, deterministic: bool, weights_sha256: str | None) -> dict[str, Any]:
+    """The spec's protocol: the schedule's values (for people) and a digest of the whole resolved config less
+    device and output directory (for identity: any change of a config file or override makes another run)."""
+    resolved = cfg.clone()
+    resolved.defrost()
+    resolved.MODEL.DEVICE, resolved.OUTPUT_DIR = "", ""
+    s, i, us3l_cfg = cfg.SOLVER, cfg.INPUT, cfg.MODEL.US3L
+    return {"train": list(cfg.DATASETS.TRAIN), "max_iter": s.MAX_ITER, "ims_per_batch": s.IMS_PER_BATCH,
+            "base_lr": s.BASE_LR, "steps": list(s.STEPS), "warmup_iters": s.WARMUP_ITERS,
+            "weight_decay": s.WEIGHT_DECAY, "momentum": s.MOMENTUM, "reference_world_size": s.REFERENCE_WORLD_SIZE,
+            "amp": s.AMP.ENABLED, "min_size_train": list(i.MIN_SIZE_TRAIN), "max_size_train": i.MAX_SIZE_TRAIN,
+            "min_size_test": i.MIN_SIZE_TEST, "max_size_test": i.MAX_SIZE_TEST, "mask_on": cfg.MODEL.MASK_ON,
+            "fpn_channels": cfg.MODEL.FPN.OUT_CHANNELS, "scale_heads": us3l_cfg.SCALE_HEADS,
+            "calibration_batches": us3l_cfg.CALIBRATION_BATCHES,
+            "calibration_batch_size": us3l_cfg.CALIBRATION_BATCH_SIZE, "deterministic": deterministic,
+            "weights_sha256": weights_sha256,
+            "config_sha256": hashlib.sha256(resolved.dump().encode()).hexdigest()[:16]}
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """What a run's backbone fixes: architecture, width, input normalisation, and where it comes from."""
+
+    arch: str
+    width: float
+    pixel: tuple[list[float], list[float]]
+    ck: us3l.BackboneCheckpoint | None = None  # --checkpoint
+    weights_meta: dict[str, Any] | None = None  # --weights: the converted file's us3l metadata
+    weights_sha256: str | None = None
+
+
+def backbone_of(args: argparse.Namespace, ck: us3l.BackboneCheckpoint | None) -> Backbone:
+    """The backbone of ``--checkpoint`` (``ck`` if already loaded) at ``--width``, or of ``--weights``."""
     if args.checkpoint:
         if args.width is None:
             raise UsageError("--checkpoint needs --width W")
-        ck = us3l.load_checkpoint(args.checkpoint)
-        width = ck.check_width(args.width)
+        ck = ck if ck is not None else us3l.load_checkpoint(args.checkpoint)
+        width = checked_width(ck, args.width)
         if ck.stem != "imagenet":
             raise UsageError(f"{ck.path}: detection needs an ImageNet-stem backbone, this one has the {ck.stem} stem")
-        arch, pixel = ck.arch, pixel_stats(ck.config)
-        if args.random_init:
-            source = {"checkpoint": "", "checkpoint_sha256": f"scratch{arch.removeprefix('resnet')}",
-                      "method": "random-init"}
-            tag = f"scratch-{arch}"
-        else:
-            source = {"checkpoint": str(ck.path), "checkpoint_sha256": ck.sha256, "method": ck.method}
-            tag = ck.sha256[:12]
-    else:
-        if args.random_init:
-            raise UsageError("--random-init goes with --checkpoint (which fixes arch and normalisation)")
-        data = read_weights(args.weights)
-        meta = data["us3l"]
-        width = float(meta["width"]) if args.width is None else float(args.width)
-        check_weights_fit(data, meta["arch"], width, args.weights)
-        arch, pixel = meta["arch"], (meta["pixel_mean"], meta["pixel_std"])
-        source = {"checkpoint": meta["source_checkpoint"], "checkpoint_sha256": meta["source_sha256"],
-                  "method": meta["method"]}
-        tag = "weights-" + us3l.file_sha256(args.weights)[:12]
+        return Backbone(ck.arch, width, pixel_stats(ck.config), ck=ck)
+    if args.random_init:
+        raise UsageError("--random-init goes with --checkpoint (which fixes arch and normalisation)")
+    data = read_weights(args.weights)
+    meta = data["us3l"]
+    width = float(meta["width"]) if args.width is None else float(args.width)
+    check_weights_fit(data, meta["arch"], width, args.weights)
+    return Backbone(meta["arch"], width, (meta["pixel_mean"], meta["pixel_std"]), weights_meta=meta,
+                    weights_sha256=us3l.file_sha256(args.weights))
 
-    cfg = build_config(args.task, arch=arch, width=width, demo=args.demo, opts=args.opts, device=device,
-                       pixel=pixel)
+
+def make_job(argv: Sequence[str], ck: us3l.BackboneCheckpoint | None = None) -> tuple[JobSpec, DetectionRun]:
+    """The spec and run settings of a command line (``ck``: the loaded ``--checkpoint``, to skip reading it).
+
+    Checks what the result depends on (checkpoint or weights, width, config and overrides, seed); what
+    depends on the machine (device, datasets) is checked by :func:`prepare`. Argument errors exit with
+    status 2 (argparse); bad input raises one of ``USAGE_ERRORS``.
+    """
+    args = parse_args(argv)
+    if args.num_gpus < 1:
+        raise UsageError("--num-gpus must be >= 1")
+    if args.seed is not None and "SEED" in args.opts[0::2]:
+        raise UsageError("the seed is given twice, by --seed and by a SEED override: give it once")
+    bb = backbone_of(args, ck)
+    cfg = resolve_config(args.task, bb.arch, bb.width, bb.pixel, demo=args.demo, overrides=args.opts,
+                         seed=args.seed, device="cpu")  # the device is the machine's, not the spec's
     if not args.random_init:
         check_norm_loadable(cfg.MODEL.RESNETS.NORM)
-    if cfg.SEED < 0:
-        cfg.SEED = int.from_bytes(os.urandom(4), "big") % 2**31  # drawn once, applied in every process, recorded
-    run_dir = run_dir_for(args.output, args.task, args.demo, tag, width)
+    fields = {"task": args.task, "dataset": cfg.DATASETS.TEST[0], "width": bb.width, "seed": cfg.SEED,
+              "demo": args.demo, "overrides": args.opts,
+              "protocol": schedule(cfg, deterministic=args.deterministic, weights_sha256=bb.weights_sha256)}
+    if bb.ck is not None:
+        spec = JobSpec.for_checkpoint(bb.ck, random_init=args.random_init, **fields)
+    else:
+        meta = bb.weights_meta
+        spec = JobSpec(checkpoint=meta["source_checkpoint"], checkpoint_sha256=meta["source_sha256"],
+                       method=meta["method"], arch=bb.arch, **fields)
+    run = DetectionRun(results=args.results, output=args.output, run_dir=args.run_dir, device=args.device,
+                       num_gpus=args.num_gpus, resume=args.resume,
+                       weights=str(Path(args.weights).resolve()) if args.weights else None, argv=tuple(argv))
+    return spec, run
+
+
+def check_run_dir(run_dir: Path, spec: JobSpec) -> None:
+    """Refuse a run directory that holds another spec's run (``UsageError``, one line naming what differs)."""
+    path = run_dir / "job.json"
+    if not path.is_file():
+        return
+    held = json.loads(path.read_text())
+    if held.get("spec_id") != spec.id:
+        differ = ", ".join(spec_diff(held.get("spec") or {}, spec.to_dict())) or "their identity"
+        raise UsageError(f"{run_dir} holds run {held.get('spec_id')}, not this job's {spec.id} (they differ in "
+                         f"{differ}): give another --run-dir, or none for this job's own directory")
+
+
+def prepare(spec: JobSpec, run: DetectionRun) -> tuple[CfgNode, Job]:
+    """Check the machine (device, GPUs, datasets), the run directory and that ``spec`` still resolves to itself
+    here; build the config and convert the backbone. Nothing trains here."""
+    device = resolve_device(run.device, allow_cpu=spec.demo).type
+    if device == "cpu" and run.num_gpus > 1:
+        raise UsageError(f"--num-gpus {run.num_gpus} needs CUDA (Detectron2 launches several processes with "
+                         f"NCCL only); on CPU use --num-gpus 1")
+    if run.num_gpus > 1 and torch.cuda.device_count() < run.num_gpus:
+        raise UsageError(f"--num-gpus {run.num_gpus} but {torch.cuda.device_count()} CUDA devices are visible")
+    ck = None
+    if run.weights:
+        data = read_weights(run.weights)
+        arch, pixel = data["us3l"]["arch"], (data["us3l"]["pixel_mean"], data["us3l"]["pixel_std"])
+    else:
+        ck = us3l.load_checkpoint(spec.checkpoint)
+        spec.check_checkpoint(ck.sha256)
+        arch, pixel = ck.arch, pixel_stats(ck.config)
+    cfg = resolve_config(spec.task, arch, spec.width, pixel, demo=spec.demo, overrides=spec.overrides,
+                         seed=spec.seed, device=device)
+    weights_sha256 = us3l.file_sha256(run.weights) if run.weights else None
+    here = schedule(cfg, deterministic=spec.protocol["deterministic"], weights_sha256=weights_sha256)
+    if canonical(here) != canonical(spec.protocol):
+        differ = ", ".join(spec_diff(canonical(here), canonical(spec.protocol)))
+        raise UsageError(f"the job resolves to another config here than when it was specified ({differ} differ: "
+                         f"changed config files, weights or Detectron2?): specify it again")
+    run_dir = Path(run.run_dir) if run.run_dir else run_dir_for(run.output, spec)
+    check_run_dir(run_dir, spec)
     cfg.OUTPUT_DIR = str(run_dir)
-    if args.resume:
+    if run.resume:
         check_resume_precision(run_dir, precision(cfg))
-    datasets_dir = str(Path(args.output) / "datasets")
-    if args.demo:
+    datasets_dir = str(Path(run.output) / "datasets")
+    if spec.demo:
         register_shapes(datasets_dir)
     for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
         check_dataset(name)
         if name not in DatasetCatalog.list():
             raise UsageError(f"dataset {name!r} is not registered with Detectron2")
     weights = None
-    if args.weights:
-        weights = str(Path(args.weights).resolve())
-    elif not args.random_init:
+    if run.weights:
+        weights = run.weights
+    elif not spec.random_init:
         weights = str(run_dir / "backbone.pkl")
         existing = None
         if Path(weights).exists():
             try:
                 existing = read_weights(weights)
-                check_weights_fit(existing, arch, width, weights)
+                check_weights_fit(existing, arch, spec.width, weights)
                 if existing["us3l"]["source_sha256"] != ck.sha256:
                     existing = None
             except WeightsError:
                 existing = None
         if existing is None:
-            convert_for_training(ck, width, cfg, weights, device)
+            convert_for_training(ck, spec.width, cfg, weights, device)
     cfg.freeze()
     run_dir.mkdir(parents=True, exist_ok=True)
-    job = Job(task=args.task, demo=args.demo, width=width, arch=arch, run_dir=str(run_dir),
-              results_dir=args.results, datasets_dir=datasets_dir, weights=weights, resume=args.resume,
-              deterministic=args.deterministic, source=source)
+    job = Job(spec=spec, run_dir=str(run_dir), results_dir=run.results, datasets_dir=datasets_dir, weights=weights,
+              resume=run.resume, command=command_line("detection.train", run.argv))
     return cfg, job
 
 
@@ -320,19 +450,31 @@ def make_deterministic() -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def worker(cfg: CfgNode, job: Job) -> None:
-    """One training process: seed, build, load the backbone strictly, resume, train, evaluate, record."""
-    setup_logger(output=job.run_dir, distributed_rank=comm.get_rank(), name="detectron2")
-    setup_logger(output=job.run_dir, distributed_rank=comm.get_rank(), name="us3l")
-    if job.demo:
-        register_shapes(job.datasets_dir)
-    seed_all_rng(cfg.SEED + comm.get_rank())  # as Detectron2's default_setup does
-    if job.deterministic:
-        make_deterministic()
-    logger.info("seed %d (+ rank), precision %s, deterministic %s", cfg.SEED, precision(cfg), job.deterministic)
-    start = time.time()
-    trainer = Trainer(cfg)
-    cfg = trainer.cfg  # scaled to this world size by REFERENCE_WORLD_SIZE (batch, LR, iterations)
+def detection_cost(trainer: Trainer, cfg: CfgNode, spec: JobSpec) -> dict[str, int]:
+    """Parameters and MACs of the backbone alone and of the whole detector, on one square image of the test size
+    (the detector's with its proposal and detection counts pinned, see :mod:`detection.cost`)."""
+    size = cfg.INPUT.MIN_SIZE_TEST
+    params, macs = us3l.count_params_macs(spec.arch, spec.width, input_size=size, num_classes=0)
+    model = getattr(trainer.model, "module", trainer.model)  # unwrapped from DistributedDataParallel
+    detector_params, detector_macs = detector_params_macs(model, size, size)
+    return {"backbone_params": params, "backbone_macs": macs, "input_size": size,
+            "detector_params": detector_params, "detector_macs": detector_macs}
+
+
+def write_result(job: Job, cfg: CfgNode, cost: dict[str, int], start: float, metrics: dict[str, float],
+                 undefined: list[str], error: str | None = None) -> Path:
+    """The run's record: into the results directory and, as ``metrics_final.json``, the run directory."""
+    world = comm.get_world_size()
+    prov = provenance(job.spec, command=job.command, device=device_info(cfg.MODEL.DEVICE, world),
+                      precision=precision(cfg), world_size=world, run_dir=job.run_dir, weights=job.weights)
+    record = make_record(job.spec, metrics=metrics, undefined_metrics=undefined, error=error, cost=cost,
+                         provenance=prov, wall_time_s=time.time() - start)
+    write_json_atomic(Path(job.run_dir) / "metrics_final.json", record)
+    return write_record(job.results_dir, record)
+
+
+def train_and_evaluate(trainer: Trainer, job: Job) -> tuple[dict[str, float], list[str]]:
+    """Load the backbone strictly, resume, train, evaluate: (metrics, undefined metrics) on the main process."""
     if job.weights:
         where = load_backbone_weights(trainer.model, read_weights(job.weights), job.weights)
         logger.info("loaded %s into %s: no missing, unexpected or mis-shaped backbone tensors", job.weights, where)
@@ -341,41 +483,72 @@ def worker(cfg: CfgNode, job: Job) -> None:
     trainer.train()
     results = getattr(trainer, "_last_eval_results", None)
     if not comm.is_main_process():
-        return
+        return {}, []
     if not results:
         raise RuntimeError("evaluation produced no results")
-    metrics = flatten_metrics(job.task, results)
-    params, macs = us3l.count_params_macs(job.arch, job.width, input_size=224, num_classes=0)
-    record = make_record(
-        job.task, cfg.DATASETS.TEST[0], job.width, metrics, demo=job.demo, params=params, macs=macs,
-        arch=job.arch, wall_time_s=time.time() - start, seed=cfg.SEED, precision=precision(cfg),
-        device=device_info(cfg.MODEL.DEVICE, comm.get_world_size()),
-        config={"run_dir": job.run_dir, "weights": job.weights, "max_iter": cfg.SOLVER.MAX_ITER,
-                "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "base_lr": cfg.SOLVER.BASE_LR,
-                "world_size": comm.get_world_size(), "train": list(cfg.DATASETS.TRAIN),
-                "mask_on": cfg.MODEL.MASK_ON, "fpn_channels": cfg.MODEL.FPN.OUT_CHANNELS,
-                "deterministic": job.deterministic},
-        **job.source,
-    )
-    write_json_atomic(Path(job.run_dir) / "metrics_final.json", record)
-    path = write_record(job.results_dir, record)
-    logger.info("results %s -> %s", metrics, path)
+    required = ("AP", "AP50", "AP75") if job.spec.task == "voc" else ("box_AP", "box_AP50", "box_AP75")
+    return split_metrics(flatten_metrics(job.spec.task, results), required)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.deterministic:
+def worker(cfg: CfgNode, job: Job) -> None:
+    """One training process: seed, build, train, evaluate, record. A failure leaves a failed record; a NaN or
+    infinite loss (Detectron2's ``FloatingPointError``) or metric raises ``Diverged``."""
+    setup_logger(output=job.run_dir, distributed_rank=comm.get_rank(), name="detectron2")
+    setup_logger(output=job.run_dir, distributed_rank=comm.get_rank(), name="us3l")
+    if job.spec.demo:
+        register_shapes(job.datasets_dir)
+    seed_all_rng(cfg.SEED + comm.get_rank())  # as Detectron2's default_setup does
+    deterministic = job.spec.protocol["deterministic"]
+    if deterministic:
+        make_deterministic()
+    logger.info("run %s: seed %d (+ rank), precision %s, deterministic %s", job.spec.id, cfg.SEED, precision(cfg),
+                deterministic)
+    start = time.time()
+    trainer = Trainer(cfg)
+    cfg = trainer.cfg  # scaled to this world size by REFERENCE_WORLD_SIZE (batch, LR, iterations)
+    cost = detection_cost(trainer, cfg, job.spec) if comm.is_main_process() else {}
+    try:
+        metrics, undefined = train_and_evaluate(trainer, job)
+    except Exception as e:
+        if comm.is_main_process():
+            write_result(job, cfg, cost, start, {}, [], error=f"{type(e).__name__}: {e}")
+        if isinstance(e, FloatingPointError):
+            raise Diverged(str(e).splitlines()[0]) from None
+        raise
+    if comm.is_main_process():
+        path = write_result(job, cfg, cost, start, metrics, undefined)
+        logger.info("results %s -> %s", metrics, path)
+
+
+def run_job(spec: JobSpec, run: DetectionRun) -> int:
+    """Run a detection job (what a sweep submits); returns the exit status: 0, 1 when it failed (with a failed
+    record), 2 for bad input (one line, nothing written)."""
+    if spec.protocol["deterministic"]:
         make_deterministic()  # before the conversion's CUDA work; spawned workers call it again
     try:
-        cfg, job = prepare(args)
-    except (ValueError, FileNotFoundError) as e:  # CheckpointError, WeightsError, DatasetMissingError, ...
+        cfg, job = prepare(spec, run)
+    except USAGE_ERRORS as e:  # CheckpointError, WeightsError, DatasetMissingError, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
     with atomic_path(Path(job.run_dir) / "config.yaml") as tmp:
         Path(tmp).write_text(cfg.dump())
-    write_json_atomic(Path(job.run_dir) / "job.json", asdict(job))
-    launch(worker, args.num_gpus, dist_url="auto", args=(cfg, job))
+    write_json_atomic(Path(job.run_dir) / "job.json", job.to_json())
+    try:
+        launch(worker, run.num_gpus, dist_url="auto", args=(cfg, job))
+    except Diverged as e:
+        print(f"error: diverged: {e}; failed record in {job.results_dir}", file=sys.stderr)
+        return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        spec, run = make_job(argv)
+    except USAGE_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run_job(spec, run)
 
 
 if __name__ == "__main__":

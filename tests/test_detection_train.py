@@ -20,14 +20,16 @@ import torch
 import detection.d2compat  # noqa: F401
 
 # isort: split
+from detectron2.config import CfgNode, get_cfg
 from detectron2.data.datasets.pascal_voc import load_voc_instances
 from pycocotools.coco import COCO
 
 import us3l
+from detection.config import add_us3l_config
 from detection.convert import convert
 from detection.datasets import SHAPE_CLASSES, check_builtin, write_shapes
-from detection.train import checkpoint_precision, main
-from transfer.results import read_records
+from detection.train import Trainer, checkpoint_precision, main, make_job
+from us3l.jobs import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny schedule on top of --demo: few iterations, one calibration batch.
@@ -103,6 +105,13 @@ def test_real_run_without_cuda_stops_naming_device_cpu(tmp_path, ckpt, capsys):
     assert not (tmp_path / "det").exists() and not (tmp_path / "res").exists()
 
 
+def _cfg_of(path: Path) -> CfgNode:
+    """The config a run directory's ``config.yaml`` holds."""
+    cfg = add_us3l_config(get_cfg())
+    cfg.merge_from_file(str(path))
+    return cfg
+
+
 def _strict(text: str) -> dict:
     def reject(name: str) -> None:
         raise ValueError(f"{name} in a record")
@@ -110,20 +119,41 @@ def _strict(text: str) -> dict:
     return json.loads(text, parse_constant=reject)
 
 
-def test_coco_demo_writes_box_and_mask_record(tmp_path, ckpt):
+def test_coco_demo_writes_box_and_mask_record(tmp_path, ckpt, capsys):
     rc = main(["--task", "coco", "--checkpoint", str(ckpt), "--width", "0.5", "--demo",
                "--output", str(tmp_path / "det"), "--results", str(tmp_path / "res"),
                "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "100", *TINY])
     assert rc == 0
     [rec] = read_records(tmp_path / "res")
     assert rec == {**_strict(open(rec["_path"]).read()), "_path": rec["_path"]}  # no NaN: strict JSON
-    assert rec["task"] == "coco" and rec["dataset"] == "shapes_coco_test" and rec["demo"] is True
+    spec, cost = rec["spec"], rec["cost"]
+    assert spec["task"] == "coco" and spec["dataset"] == "shapes_coco_test" and spec["demo"] is True
     named = set(rec["metrics"]) | set(rec["undefined_metrics"])  # APl: no large objects in the demo set
     assert {"box_AP", "box_AP50", "box_APl", "mask_AP", "mask_AP75", "mask_APs"} <= named
-    assert {"box_AP", "mask_AP"} <= set(rec["metrics"])
-    assert (rec["width"], rec["arch"]) == (0.5, "resnet18")
-    assert (rec["params"], rec["macs"]) == us3l.count_params_macs("resnet18", 0.5, 224, num_classes=0)
-    assert rec["checkpoint_sha256"] == us3l.file_sha256(ckpt)
+    assert {"box_AP", "mask_AP"} <= set(rec["metrics"]) and rec["status"] == "ok"
+    assert (spec["width"], spec["arch"]) == (0.5, "resnet18")
+    assert spec["checkpoint_sha256"] == us3l.file_sha256(ckpt)
+    # the cost: the backbone's and the whole detector's, at the test size (the demo's 128 px)
+    assert cost["input_size"] == 128
+    assert (cost["backbone_params"], cost["backbone_macs"]) == us3l.count_params_macs("resnet18", 0.5, 128,
+                                                                                      num_classes=0)
+    run_dir = Path(rec["provenance"]["run_dir"])
+    cfg = _cfg_of(run_dir / "config.yaml")
+    assert cost["detector_params"] == sum(p.numel() for p in Trainer.build_model(cfg).parameters())
+    assert cost["detector_params"] > cost["backbone_params"]  # and FPN, RPN and box/mask heads
+    assert cost["detector_macs"] > cost["backbone_macs"]  # and heads on 100 proposals and 100 detections
+    # the run directory carries the spec's identity; a relaunch into it with another spec is refused
+    assert run_dir.name == f"w0.5000-{rec['id']}" and json.loads((run_dir / "job.json").read_text())["spec_id"]
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    capsys.readouterr()
+    assert main(["--task", "coco", "--checkpoint", str(ckpt), "--width", "0.5", "--demo", "--run-dir", str(run_dir),
+                 "--output", str(tmp_path / "det"), "--results", str(tmp_path / "res"),
+                 "SOLVER.MAX_ITER", "5", "SOLVER.CHECKPOINT_PERIOD", "100", *TINY]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {run_dir} holds run {rec['id']}, not this job's ")
+    assert "protocol.max_iter" in line and "overrides" in line
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before  # nothing written
+    assert len(read_records(tmp_path / "res")) == 1
 
 
 def _train_cmd(tmp_path: Path, ckpt: Path, *extra: str) -> list[str]:
@@ -139,7 +169,7 @@ def test_killed_run_resumes_and_finishes(tmp_path, ckpt):
     deadline = time.time() + 240
     first = None
     while time.time() < deadline and proc.poll() is None:
-        found = list((tmp_path / "det").glob("voc-demo/*/w0.2500/model_0000003.pth"))
+        found = list((tmp_path / "det").glob("voc-demo/w0.2500-*/model_0000003.pth"))
         if found and (found[0].parent / "last_checkpoint").exists():
             first = found[0]
             break
@@ -159,7 +189,7 @@ def test_killed_run_resumes_and_finishes(tmp_path, ckpt):
     assert resumed_at >= 4  # continued after the checkpoint, did not start over
     assert (run_dir / "model_final.pth").exists()
     [rec] = read_records(tmp_path / "res")
-    assert rec["task"] == "voc" and rec["dataset"] == "shapes_voc_test" and rec["demo"] is True
+    assert (rec["spec"]["task"], rec["spec"]["dataset"], rec["spec"]["demo"]) == ("voc", "shapes_voc_test", True)
     assert set(rec["metrics"]) == {"AP", "AP50", "AP75"}
     assert json.loads((run_dir / "job.json").read_text())["resume"] is True
 
@@ -170,13 +200,18 @@ SEEDED = ["SEED", "7", "SOLVER.MAX_ITER", "10", "SOLVER.CHECKPOINT_PERIOD", "5",
           "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", *TINY]
 
 
+def _seeded_argv(root: Path, ckpt: Path, name: str, flags: tuple[str, ...] = (),
+                 opts: tuple[str, ...] = ()) -> list[str]:
+    return ["--task", "voc", "--checkpoint", str(ckpt), "--width", "0.25", "--demo", "--deterministic",
+            "--output", str(root / name), "--results", str(root / name / "res"), *flags, *SEEDED, *opts]
+
+
 def _seeded(root: Path, ckpt: Path, name: str, flags: tuple[str, ...] = (), opts: tuple[str, ...] = ()) -> int:
-    return main(["--task", "voc", "--checkpoint", str(ckpt), "--width", "0.25", "--demo", "--deterministic",
-                 "--output", str(root / name), "--results", str(root / name / "res"), *flags, *SEEDED, *opts])
+    return main(_seeded_argv(root, ckpt, name, flags, opts))
 
 
 def _run_dir(root: Path, name: str) -> Path:
-    [run_dir] = (root / name).glob("voc-demo/*/w0.2500")
+    [run_dir] = (root / name).glob("voc-demo/w0.2500-*")
     return run_dir
 
 
@@ -218,14 +253,16 @@ def test_same_seed_deterministic_runs_repeat_losses_and_ap(seeded_runs):
     assert losses_a == losses_b  # bitwise: same seed, deterministic kernels
     assert len({ln["total_loss"] for ln in losses_a}) == 10  # and they are real per-iteration values
     assert rec_a["metrics"] == rec_b["metrics"] and rec_a["metrics"]["AP50"] > 0
-    assert (rec_a["seed"], rec_a["precision"], rec_a["config"]["deterministic"]) == (7, "float32", True)
-    assert (rec_a["device"]["type"], rec_a["device"]["count"]) == ("cpu", 1) and rec_a["device"]["name"]
+    prov = rec_a["provenance"]
+    assert (rec_a["spec"]["seed"], prov["precision"], rec_a["spec"]["protocol"]["deterministic"]) == (7, "float32",
+                                                                                                      True)
+    assert (prov["device"]["type"], prov["device"]["count"]) == ("cpu", 1) and prov["device"]["name"]
 
 
 def test_amp_on_cpu_trains_in_bfloat16(seeded_runs):
     root, runs = seeded_runs
     (fp32, _), (bf16, rec) = runs["a"], runs["c"]
-    assert rec["precision"] == "amp-bfloat16"
+    assert rec["provenance"]["precision"] == "amp-bfloat16"
     assert checkpoint_precision(_run_dir(root, "c") / "model_final.pth") == "amp-bfloat16"
     assert checkpoint_precision(_run_dir(root, "a") / "model_final.pth") == "float32"
     # same model and data in another arithmetic: close at the first step, not equal
@@ -234,34 +271,41 @@ def test_amp_on_cpu_trains_in_bfloat16(seeded_runs):
 
 
 def test_resume_in_another_precision_stops_before_any_work(seeded_runs, ckpt, tmp_path, capsys):
+    """The AMP flag is part of a run's spec: another flag is another run with its own directory, and a relaunch
+    into this one is refused. The same spec resumed on another device type (a CUDA float16 AMP checkpoint
+    resumed on CPU, where AMP means bfloat16) is refused by the precision check."""
     root, _ = seeded_runs
-    for name in "ac":
-        shutil.copytree(root / name, tmp_path / name)
+    for name, copy in (("a", "a"), ("c", "c"), ("c", "cuda")):
+        shutil.copytree(root / name, tmp_path / copy)
     capsys.readouterr()
 
-    def refused(name: str, amp: str) -> str:
+    def refused(name: str, flags: tuple[str, ...], amp: str) -> str:
         run_dir = _run_dir(tmp_path, name)
         before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
         with _global_state_restored():
-            assert _seeded(tmp_path, ckpt, name, ("--resume",), ("SOLVER.AMP.ENABLED", amp)) == 2
+            assert _seeded(tmp_path, ckpt, name, ("--resume", *flags), ("SOLVER.AMP.ENABLED", amp)) == 2
         assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before  # nothing written
         [line] = capsys.readouterr().err.strip().splitlines()
         return line
 
-    assert "was trained in float32, this run would continue in amp-bfloat16" in refused("a", "True")
-    line = refused("c", "False")
-    assert "was trained in amp-bfloat16, this run would continue in float32" in line
-    assert "SOLVER.AMP.ENABLED True" in line
+    a_dir = _run_dir(tmp_path, "a")
+    other, _ = make_job(_seeded_argv(tmp_path, ckpt, "a", (), ("SOLVER.AMP.ENABLED", "True")))
+    assert not a_dir.name.endswith(other.id)  # another spec, another directory
+    line = refused("a", ("--run-dir", str(a_dir)), "True")
+    assert f"holds run {a_dir.name.split('-')[1]}, not this job's {other.id}" in line and "protocol.amp" in line
     # a checkpoint of Detectron2's CUDA AMPTrainer (fp32 <-> AMP resumes crashed with KeyError: 'grad_scaler')
-    last = _run_dir(tmp_path, "a") / "model_final.pth"
+    last = _run_dir(tmp_path, "cuda") / "model_final.pth"
     state = torch.load(last, map_location="cpu")
+    del state["trainer"]["_trainer"]["precision"]
     state["trainer"]["_trainer"]["grad_scaler"] = {"scale": 65536.0, "growth_factor": 2.0}
     torch.save(state, last)
-    assert "was trained in amp-float16" in refused("a", "False")
+    line = refused("cuda", (), "True")
+    assert "was trained in amp-float16, this run would continue in amp-bfloat16" in line
+    assert "SOLVER.AMP.ENABLED True" in line
     # the same precision resumes the bfloat16 run: nothing left to train, evaluated and recorded again
     with _global_state_restored():
         assert _seeded(tmp_path, ckpt, "c", ("--resume",), ("SOLVER.AMP.ENABLED", "True")) == 0
     log = (_run_dir(tmp_path, "c") / "log.txt").read_text()
     assert "training from iteration 10 to 10" in log  # resumed at the end, did not start over
     [rec] = read_records(tmp_path / "c" / "res")
-    assert rec["precision"] == "amp-bfloat16"
+    assert rec["provenance"]["precision"] == "amp-bfloat16"

@@ -53,10 +53,12 @@ def count_params_macs(arch: str, width: float, input_size: int | tuple[int, int]
     operation per output element of BatchNorm and ReLU, k*k per max-pool output and one per
     average-pooled input element: the convention that reproduces the US3L paper's Tables 6/12
     (conv + linear alone give 1.81G for ResNet-18, where the paper prints 1.82G).
-    ``num_classes=0`` counts the backbone alone.
+    ``num_classes=0`` counts the backbone alone. The caller's random stream is left as it was (the network
+    built here is initialised on a forked one), so a count never changes what a seeded run draws next.
     """
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    model = USResNet(arch, stem=stem, num_classes=num_classes, width_range=(min(width, 1.0), 1.0))
-    net = export_subnet(model, width)
+    with torch.random.fork_rng(devices=[]):
+        model = USResNet(arch, stem=stem, num_classes=num_classes, width_range=(min(width, 1.0), 1.0))
+        net = export_subnet(model, width)
     params = sum(p.numel() for p in net.parameters())
     return params, _macs(net, size)
