@@ -1,5 +1,5 @@
-"""Sweeps: task parsing, result matching, job arguments, GPUs and CPUs per job (the sbatch file submitit
-writes, no silent CPU), requeue checkpoints, and a local sweep end to end."""
+"""Sweeps: task parsing, planning specs (identity decides what is done), job arguments, GPUs and CPUs per job
+(the sbatch file submitit writes, no silent CPU), requeue checkpoints, trials, and local sweeps end to end."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 from real_layouts import write_checkpoint, write_cifar10
 
 import us3l
-from transfer import sweep
-from transfer.results import make_record, read_records, write_record
-from transfer.sweep import JobSpec, Task, TaskRunner, failure_reason, has_result, parse_tasks, parse_widths
+from transfer import linear, sweep
+from transfer.sweep import JobRunner, Task, failure_reason, parse_tasks, parse_widths
+from us3l.jobs import make_record, read_records, write_record
 
 
 def test_parse_tasks_and_widths():
@@ -29,46 +29,65 @@ def test_parse_tasks_and_widths():
         parse_widths("1.0,half")
 
 
-def _record(task, dataset, width, sha, demo=False):
-    return make_record(task, dataset, width, {"top1": 1.0}, demo=demo, checkpoint="c", checkpoint_sha256=sha,
-                       method="m", arch="resnet18", params=1, macs=1, config={}, wall_time_s=0.0)
+def _sweep(ckpt: Path, root: Path, *argv: str) -> sweep.Sweep:
+    return sweep.Sweep(sweep.parse_args(["--checkpoint", str(ckpt), "--results", str(root / "r"), "--output",
+                                         str(root / "o"), "--device", "cpu", *argv]), out=lambda _: None)
 
 
-def test_has_result_matches_task_width_checkpoint_and_demo(tmp_path):
-    sha = "a" * 64
-    for rec in (_record("linear", "cifar10", 0.5, sha), _record("voc", "voc_2007_test", 0.25, sha, demo=True),
-                _record("linear", "cifar100", 0.5, "b" * 64)):
-        write_record(tmp_path, rec)
-    records = read_records(tmp_path)
-    lin = Task("linear:cifar10", "linear", "cifar10")
-    assert has_result(records, JobSpec(lin, 0.5, ()), sha, demo=False)
-    assert not has_result(records, JobSpec(lin, 0.25, ()), sha, demo=False)  # other width
-    assert not has_result(records, JobSpec(lin, 0.5, ("--augment",)), sha, demo=False)  # other protocol
-    assert not has_result(records, JobSpec(Task("linear:cifar100", "linear", "cifar100"), 0.5, ()), sha, False)
-    assert has_result(records, JobSpec(Task("voc", "voc"), 0.25, ()), sha, demo=True)
-    assert not has_result(records, JobSpec(Task("voc", "voc"), 0.25, ()), sha, demo=False)  # real run wanted
-    assert not has_result(records, JobSpec(Task("coco", "coco"), 0.25, ()), sha, demo=True)
+def _write(root: Path, job: sweep.Planned, error: str | None = None) -> None:
+    write_record(root / "r", make_record(job.spec, metrics={} if error else {"top1": 1.0}, cost={}, provenance={},
+                                         wall_time_s=0.0, error=error))
 
 
-def test_job_arguments_and_requeue_checkpoint(tmp_path):
-    ckpt = write_checkpoint(tmp_path / "ck.pth")
+def test_done_means_a_record_of_the_same_spec(tmp_path):
+    """Skipped: a job whose spec has an ok record. Another width, protocol, dataset, seed, task or demo flag is
+    another spec; a failed record is retried."""
+    ckpt = write_checkpoint(tmp_path / "ck.pth", stem="imagenet")
+    sw = _sweep(ckpt, tmp_path, "--tasks", "linear:cifar10", "--widths", "0.5,0.25")
+    assert [j.label for j in sw.planned] == ["linear:cifar10 w=0.5", "linear:cifar10 w=0.25"] and not sw.skipped
+    _write(tmp_path, sw.planned[0])
+    _write(tmp_path, sw.planned[1], error="Diverged: loss is nan")
+    sw = _sweep(ckpt, tmp_path, "--tasks", "linear:cifar10,linear:cifar100", "--widths", "0.5,0.25")
+    assert [j.label for j in sw.skipped] == ["linear:cifar10 w=0.5"]  # not cifar100, nor the failed one
+    assert [t.planned.label for t in sw.jobs] == ["linear:cifar10 w=0.25", "linear:cifar100 w=0.5",
+                                                 "linear:cifar100 w=0.25"]
+    assert sw.failed_before == {sw.jobs[0].planned.spec.id}
+    for other in (["--linear-args=--augment"], ["--linear-args", "--epochs 50"], ["--seed", "1"]):
+        assert not _sweep(ckpt, tmp_path, "--tasks", "linear:cifar10", "--widths", "0.5", *other).skipped
+    sw = _sweep(ckpt, tmp_path, "--tasks", "linear:cifar10", "--widths", "0.5", "--trials", "2")
+    assert [j.label for j in sw.planned] == ["linear:cifar10 seed=0 w=0.5", "linear:cifar10 seed=1 w=0.5"]
+    assert [j.spec.seed for j in sw.skipped] == [0]
+    # detection: the demo flag and the task are part of the spec
+    demo = _sweep(ckpt, tmp_path, "--tasks", "voc,coco", "--widths", "0.25", "--demo")
+    _write(tmp_path, demo.planned[0])
+    assert [j.label for j in _sweep(ckpt, tmp_path, "--tasks", "voc,coco", "--widths", "0.25", "--demo").skipped] \
+        == ["voc w=0.25"]
+    assert not _sweep(ckpt, tmp_path, "--tasks", "voc", "--widths", "0.25").skipped  # a real run is wanted
+
+
+def test_job_specs_and_requeue_checkpoint(tmp_path):
+    ckpt = write_checkpoint(tmp_path / "ck.pth", stem="imagenet")
     cfg = sweep.parse_args(["--checkpoint", str(ckpt), "--tasks", "voc,linear:dtd", "--widths", "1,0.5",
                             "--results", str(tmp_path / "r"), "--output", str(tmp_path / "o"), "--gpus-per-job", "2",
                             "--linear-args", "--epochs 7", "--detection-args", "SOLVER.MAX_ITER 10"])
-    specs = sweep.job_specs(cfg, 2)
-    assert [s.label for s in specs] == ["voc w=1", "voc w=0.5", "linear:dtd w=1", "linear:dtd w=0.5"]
-    voc, lin = specs[1].argv, specs[3].argv
-    assert voc[:2] == ("--task", "voc") and voc[voc.index("--width") + 1] == "0.5"
-    assert voc[voc.index("--output") + 1] == str(tmp_path / "o" / "detection")
-    assert voc[voc.index("--num-gpus") + 1] == "2" and voc[-2:] == ("SOLVER.MAX_ITER", "10")
-    assert lin[:2] == ("--dataset", "dtd") and lin[-2:] == ("--epochs", "7") and "--output" not in lin
-    assert voc[voc.index("--device") + 1] == lin[lin.index("--device") + 1] == "auto"
-    assert "--num-gpus" not in sweep.job_specs(cfg, 1)[0].argv
-    det = TaskRunner("detection.train", voc, "voc w=0.5")
-    again = det.checkpoint().function
-    assert again.argv == (*voc, "--resume") and again.attempt == 2
-    assert again.checkpoint().function.argv.count("--resume") == 1
-    assert TaskRunner("transfer.linear", lin, "x").checkpoint().function.argv == lin  # cache makes reruns cheap
+    jobs = sweep.plan(cfg, sweep.grid_cells(cfg), 2)
+    assert [j.label for j in jobs] == ["voc w=1", "voc w=0.5", "linear:dtd w=1", "linear:dtd w=0.5"]
+    voc, lin = jobs[1], jobs[3]
+    assert (voc.spec.task, voc.spec.width, voc.spec.protocol["max_iter"]) == ("voc", 0.5, 10)
+    assert voc.spec.overrides == ("SOLVER.MAX_ITER", "10") and voc.spec.checkpoint_sha256 == us3l.file_sha256(ckpt)
+    assert voc.run.output == str(tmp_path / "o" / "detection") and voc.run.num_gpus == 2
+    assert (lin.spec.dataset, lin.spec.protocol["epochs"]) == ("dtd", 7) and not hasattr(lin.run, "output")
+    assert voc.run.device == lin.run.device == "auto"
+    assert voc.command.startswith("python -m detection.train --task voc --checkpoint ") and "--width 0.5" in voc.command
+    assert sweep.plan(cfg, sweep.grid_cells(cfg), 1)[0].run.num_gpus == 1
+    again = JobRunner(voc).checkpoint().function
+    assert again.job.run.resume and again.attempt == 2 and again.job.spec == voc.spec
+    assert again.checkpoint().function.job.run.argv.count("--resume") == 1
+    assert JobRunner(lin).checkpoint().function.job == lin  # the feature cache makes reruns cheap
+    # --random-init: the same jobs from random initialisation, other specs
+    cfg.random_init = True
+    rows = [j.row for j in sweep.plan(cfg, sweep.grid_cells(cfg), 1)]
+    assert rows == ["voc"] * 2 + ["voc random-init"] * 2 + ["linear:dtd"] * 2 + ["linear:dtd random-init"] * 2
 
 
 def test_failure_reason_prefers_the_tasks_error_line():
@@ -79,7 +98,7 @@ def test_failure_reason_prefers_the_tasks_error_line():
 
 
 def test_bad_input_exits_2(tmp_path, capsys):
-    ckpt = write_checkpoint(tmp_path / "ck.pth")
+    ckpt = write_checkpoint(tmp_path / "ck.pth", stem="imagenet")
     base = ["--checkpoint", str(ckpt), "--results", str(tmp_path / "r"), "--output", str(tmp_path / "o")]
     assert sweep.main([*base, "--tasks", "linear:cifar10", "--widths", "1.0,0.1"]) == 2
     assert "[0.25, 1]" in capsys.readouterr().err
@@ -90,11 +109,15 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert e.value.code == 2 and "linear:DATASET" in capsys.readouterr().err
     assert sweep.main([*base, "--tasks", "voc", "--device", "cpu", "--gpus-per-job", "1"]) == 2
     assert "--gpus-per-job 1 with --device cpu" in capsys.readouterr().err
+    assert sweep.main([*base, "--tasks", "linear:cifar10", "--device", "cpu", "--linear-args", "--seed 3"]) == 2
+    assert "--linear-args sets --seed, which the sweep sets for every job" in capsys.readouterr().err
+    assert sweep.main([*base, "--tasks", "voc", "--device", "cpu", "--detection-args", "SEED 3"]) == 2
+    assert "voc w=1: the seed is given twice" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_real_sweep_without_cuda_stops_before_submitting(tmp_path, capsys):
-    ckpt = write_checkpoint(tmp_path / "ck.pth")
+    ckpt = write_checkpoint(tmp_path / "ck.pth", stem="imagenet")
     argv = ["--checkpoint", str(ckpt), "--tasks", "voc,linear:cifar10", "--results", str(tmp_path / "r"),
             "--output", str(tmp_path / "o")]
     assert sweep.main(argv) == 2
@@ -148,7 +171,7 @@ def _sbatch_files(sw: sweep.Sweep) -> dict[str, list[str]]:
     for t in sw.jobs:
         array = t.job.job_id.split("_")[0]
         text = (Path(sw.cfg.output) / "logs" / array / f"{array}_submission.sh").read_text()
-        out[t.spec.task.group] = [ln for ln in text.splitlines() if ln.startswith("#SBATCH")]
+        out[t.planned.task.group] = [ln for ln in text.splitlines() if ln.startswith("#SBATCH")]
     return out
 
 
@@ -169,8 +192,8 @@ def test_slurm_jobs_request_gpus_and_matching_cpus_in_the_sbatch_file(tmp_path, 
     assert {"#SBATCH --gpus-per-node=2", "#SBATCH --cpus-per-task=16", "#SBATCH --array=0-1%2",
             "#SBATCH --job-name=us3l-detection", "#SBATCH --ntasks-per-node=1"} <= set(files["detection"])
     assert {"#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8"} <= set(files["linear"])
-    voc = sw.jobs[0].spec.argv
-    assert voc[voc.index("--num-gpus") + 1] == "2" and voc[voc.index("--device") + 1] == "auto"
+    voc = sw.jobs[0].planned.run
+    assert voc.num_gpus == 2 and voc.device == "auto" and "--num-gpus 2" in sw.jobs[0].planned.command
     out = capsys.readouterr().out
     assert "2 detection jobs as Slurm array 4242 (2 GPUs, 16 CPUs each)" in out
     assert "2 linear jobs as Slurm array 4243 (1 GPU, 8 CPUs each)" in out
@@ -182,7 +205,7 @@ def test_slurm_jobs_request_gpus_and_matching_cpus_in_the_sbatch_file(tmp_path, 
     for lines in _sbatch_files(sw).values():
         assert "#SBATCH --cpus-per-task=2" in lines
         assert not any(ln.startswith(("#SBATCH --gpus", "#SBATCH --gres")) for ln in lines)
-    assert all(t.spec.argv[t.spec.argv.index("--device") + 1] == "cpu" for t in sw.jobs)
+    assert all(t.planned.run.device == "cpu" for t in sw.jobs)
 
 
 def test_sbatch_refusal_is_one_line_exit_2(tmp_path, fake_sbatch, capsys):
@@ -207,8 +230,8 @@ def test_local_sweep_end_to_end(tmp_path, capsys):
     assert sweep.main([*argv, "--tasks", "linear:cifar10,linear:cifar100"]) == 1
     out = capsys.readouterr().out
     records = read_records(tmp_path / "r")
-    assert sorted((r["dataset"], r["width"]) for r in records) == [("cifar10", 0.25), ("cifar10", 0.5)]
-    assert all(r["checkpoint_sha256"] == us3l.file_sha256(ckpt) for r in records)
+    assert sorted((r["spec"]["dataset"], r["spec"]["width"]) for r in records) == [("cifar10", 0.25), ("cifar10", 0.5)]
+    assert all(r["spec"]["checkpoint_sha256"] == us3l.file_sha256(ckpt) for r in records)
     failed = [ln for ln in out.splitlines() if ln.startswith("FAILED linear:cifar100")]
     assert len(failed) == 2 and all("cifar-100-python" in ln for ln in failed)
     logs = [ln.split("log: ", 1)[1] for ln in out.splitlines() if ln.strip().startswith("log: ")]
@@ -219,6 +242,42 @@ def test_local_sweep_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "nothing to submit" in out and "submitted" not in out
     assert {r["_path"]: json.loads(open(r["_path"]).read()) for r in read_records(tmp_path / "r")} == before
+
+
+def test_sweep_skips_same_specs_runs_changed_ones_and_trials(tmp_path, capsys):
+    """A record written by the linear CLI is the sweep's own job (same spec, same identity); ``--widths 0.3333333``
+    is done on the second sweep; ``--trials 2`` gives one record per seed; a changed --lr is a new run."""
+    write_cifar10(tmp_path / "data", n_train=100, n_test=50)
+    ckpt = write_checkpoint(tmp_path / "ck.pth")
+    results = tmp_path / "r"
+    assert linear.main(["--dataset", "cifar10", "--checkpoint", str(ckpt), "--width", "0.5", "--results", str(results),
+                        "--data-root", str(tmp_path / "data"), "--epochs", "2", "--lr", "0.1", "--device", "cpu"]) == 0
+    [by_cli] = read_records(results)
+    argv = ["--checkpoint", str(ckpt), "--tasks", "linear:cifar10", "--results", str(results),
+            "--output", str(tmp_path / "o"), "--poll-s", "0.5", "--cpus-per-job", "1", "--device", "cpu"]
+    data = f"--data-root {tmp_path / 'data'} --epochs 2"
+    capsys.readouterr()
+    assert sweep.main([*argv, "--widths", "0.5,0.3333333", "--trials", "2", "--linear-args", f"{data} --lr 0.1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skip ") == 1 and f"skip linear:cifar10 seed=0 w=0.5: run {by_cli['id']} already" in out
+    records = read_records(results)
+    assert sorted((r["spec"]["width"], r["spec"]["seed"]) for r in records) == [
+        (0.3333333, 0), (0.3333333, 1), (0.5, 0), (0.5, 1)]
+    assert len({r["id"] for r in records}) == 4 and all(r["status"] == "ok" for r in records)
+    logs = "".join(p.read_text() for p in (tmp_path / "o" / "logs").glob("*/*_log.out"))
+    assert "python -m transfer.linear --dataset cifar10 --checkpoint" in logs and "--width 0.3333333 " in logs
+    # the same sweep again: every spec has its record, 1/3 written out included
+    assert sweep.main([*argv, "--widths", "0.3333333,0.5", "--trials", "2", "--linear-args", f"{data} --lr 0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to submit: all 4 jobs have records" in out and out.count("skip ") == 4
+    # another learning rate: another spec, a new run beside the old records, none overwritten
+    before = {r["_path"]: r["finished_at"] for r in records}
+    assert sweep.main([*argv, "--widths", "0.3333333", "--linear-args", f"{data} --lr 0.05"]) == 0
+    assert "skip " not in capsys.readouterr().out
+    after = read_records(results)
+    assert len(after) == 5 and {r["_path"]: r["finished_at"] for r in after if r["_path"] in before} == before
+    [new] = [r for r in after if r["_path"] not in before]
+    assert (new["spec"]["protocol"]["lr"], new["spec"]["width"]) == (0.05, 0.3333333)
 
 
 @pytest.mark.slow
@@ -234,7 +293,7 @@ def test_local_demo_sweep_with_detection(tmp_path, capsys):
                                 "TEST.PRECISE_BN.NUM_ITER 2"]
     assert sweep.main(argv) == 0, capsys.readouterr().out
     records = read_records(tmp_path / "r")
-    assert sorted(r["task"] for r in records) == ["linear", "voc"] and all(r["demo"] for r in records)
+    assert sorted(r["spec"]["task"] for r in records) == ["linear", "voc"] and all(r["spec"]["demo"] for r in records)
     assert (tmp_path / "o" / "detection").is_dir()
     figures, summary = plot.render(tmp_path / "r", tmp_path / "plots")
     assert {f.name for f in figures} == {"demo-voc.png", "demo-linear.png"} and "## Benchmark" not in summary

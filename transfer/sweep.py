@@ -1,20 +1,27 @@
-"""Sweeps over tasks and widths through submitit: one job per (task, width), locally or on Slurm.
+"""Sweeps over tasks, widths and seeds through submitit: one job per spec, locally or on Slurm.
 
-``python -m transfer.sweep --checkpoint CKPT --tasks voc,coco,linear:cifar100 --widths 1.0,0.5
---executor local|slurm --results DIR --output DIR [--demo] [--device auto|cuda|cpu]
+``python -m transfer.sweep --checkpoint CKPT --tasks voc,coco,linear:cifar100 --widths 1.0,0.5 [--seed S]
+[--trials N] [--random-init] --executor local|slurm --results DIR --output DIR [--demo] [--device auto|cuda|cpu]
 [--partition P --gpus-per-job G --cpus-per-gpu C ...]``
+
+Every job is planned as data before anything is submitted: the task's own command-line parser turns the
+sweep's arguments (with ``--linear-args`` / ``--detection-args``) into a validated :class:`us3l.jobs.JobSpec`,
+and submitit pickles the task's ``run_job`` with that spec; the job's log prints the equivalent command
+line. A job whose spec already has a record (same identity, status ok) is not submitted again; any changed
+hyper-parameter or override makes another spec, so another run and record. Widths cross as numbers.
+``--trials N`` runs seeds S..S+N-1 (default 0..N-1) as separate jobs and records. ``--random-init`` adds the
+same jobs from random initialisation of the checkpoint's architecture (the reference).
 
 Jobs run on GPUs: a detection job gets ``--gpus-per-job`` GPUs (default 1 on Slurm, and locally when CUDA
 is visible) and a linear job one, each with ``--cpus-per-gpu`` CPUs per GPU; they run on CPU only with
 ``--device cpu``, which every job is given. A non-demo sweep whose jobs would find no CUDA device stops
 before submitting anything (exit status 2).
 
-A job whose results record already exists is not submitted again. On Slurm, the detection jobs go in
-one job array and the linear jobs in another (an array's jobs share one resource request);
-a preempted or timed-out job checkpoints through submitit and is requeued (detection jobs then continue
-from their last checkpoint with ``--resume``; linear jobs re-read their cached features). While it
-waits the sweep shows a status table; a failed job is reported with its log path while the others go
-on. Exit status: 0 when every job has a result, 1 when some failed, 2 for bad input.
+On Slurm, the detection jobs go in one job array and the linear jobs in another (an array's jobs share one
+resource request); a preempted or timed-out job checkpoints through submitit and is requeued (detection
+jobs then continue from their last checkpoint; linear jobs re-read their cached features). While it waits
+the sweep shows a status table; a failed job is reported with its log path while the others go on.
+Exit status: 0 when every job has a result, 1 when some failed, 2 for bad input.
 """
 
 from __future__ import annotations
@@ -27,17 +34,17 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import submitit
 import torch
 
+import us3l
 from us3l.device import DEVICE_CHOICES
-
-from .results import read_records
+from us3l.jobs import JobSpec, command_line, read_records
 
 DETECTION_TASKS = ("voc", "coco")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +64,7 @@ class Task:
 
     @property
     def module(self) -> str:
+        """The program that runs it: its ``make_job(argv, ck)`` plans a job, its ``run_job(spec, run)`` runs one."""
         return "transfer.linear" if self.kind == "linear" else "detection.train"
 
     @property
@@ -95,62 +103,62 @@ def parse_widths(text: str) -> list[float]:
 
 
 @dataclass(frozen=True)
-class JobSpec:
-    """One (task, width) job: the module whose ``main(argv)`` it runs."""
+class Cell:
+    """One (task, backbone, width) point of a sweep, run once per seed. The backbone is ``checkpoint``'s, or with
+    ``random_init`` a random network of its architecture; ``row`` is its row in the status table. The grid of
+    ``--checkpoint``/``--tasks``/``--widths`` is a list of cells (:func:`grid_cells`); so is a suite's methods."""
 
     task: Task
+    checkpoint: str
     width: float
-    argv: tuple[str, ...]
+    random_init: bool = False
+    row: str = ""
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One job of a sweep: its task, validated spec, run settings (``LinearRun`` or ``DetectionRun``), table row."""
+
+    task: Task
+    spec: JobSpec
+    run: Any
+    row: str
 
     @property
     def label(self) -> str:
-        return f"{self.task.name} w={self.width:g}"
+        return f"{self.row} w={self.spec.width:g}"
+
+    @property
+    def command(self) -> str:
+        """The equivalent command line."""
+        return command_line(self.task.module, self.run.argv)
 
 
-def has_result(records: list[dict[str, Any]], spec: JobSpec, sha256: str, demo: bool) -> bool:
-    """Whether ``records`` hold the result of ``spec`` for the checkpoint with hash ``sha256``."""
-    linear_task = "linear-augment" if "--augment" in spec.argv else "linear"
-    for r in records:
-        if r.get("checkpoint_sha256") != sha256 or abs(float(r.get("width", -1)) - spec.width) > 1e-9:
-            continue
-        if spec.task.kind == "linear":
-            if r.get("task") == linear_task and r.get("dataset") == spec.task.dataset:
-                return True
-        elif r.get("task") == spec.task.kind and bool(r.get("demo")) == demo:
-            return True
-    return False
+class JobRunner:
+    """The callable a submitit job runs: its task's ``run_job(spec, run)``; checkpointable for requeueing.
 
-
-class TaskRunner:
-    """The callable a submitit job runs: ``<module>.main(argv)``; checkpointable for requeueing.
-
-    On preemption or timeout submitit calls :meth:`checkpoint`, pickles what it returns and requeues
-    the job, which then runs the next attempt (detection with ``--resume``).
+    On preemption or timeout submitit calls :meth:`checkpoint`, pickles what it returns and requeues the
+    job, which then runs the next attempt (detection resuming from its run directory).
     """
 
-    def __init__(self, module: str, argv: Sequence[str], label: str, threads: int | None = None,
-                 attempt: int = 1) -> None:
-        self.module, self.argv, self.label = module, tuple(argv), label
-        self.threads, self.attempt = threads, attempt
+    def __init__(self, job: Planned, threads: int | None = None, attempt: int = 1) -> None:
+        self.job, self.threads, self.attempt = job, threads, attempt
 
     def __call__(self) -> str:
-        print(f"[us3l sweep] {self.label}: attempt {self.attempt}: python -m {self.module} "
-              f"{shlex.join(self.argv)}", flush=True)
+        print(f"[us3l sweep] {self.job.label} (run {self.job.spec.id}): attempt {self.attempt}: {self.job.command}",
+              flush=True)
         if self.threads:
-            import torch
-
             torch.set_num_threads(self.threads)
-        status = importlib.import_module(self.module).main(list(self.argv))
+        status = importlib.import_module(self.job.task.module).run_job(self.job.spec, self.job.run)
         if status:
-            raise RuntimeError(f"{self.label}: python -m {self.module} exited with status {status}")
-        return self.label
+            raise RuntimeError(f"{self.job.label}: {self.job.command} exited with status {status}")
+        return self.job.label
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        argv = self.argv
-        if self.module == "detection.train" and "--resume" not in argv:
-            argv = (*argv, "--resume")
-        nxt = TaskRunner(self.module, argv, self.label, self.threads, self.attempt + 1)
-        return submitit.helpers.DelayedSubmission(nxt)
+        job = self.job
+        if job.task.group == "detection" and not job.run.resume:
+            job = replace(job, run=replace(job.run, resume=True, argv=("--resume", *job.run.argv)))
+        return submitit.helpers.DelayedSubmission(JobRunner(job, self.threads, self.attempt + 1))
 
 
 @dataclass
@@ -161,6 +169,8 @@ class SweepConfig:
     executor: str
     results: str
     output: str
+    seeds: list[int] = field(default_factory=lambda: [0])
+    random_init: bool = False
     demo: bool = False
     device: str = "auto"
     partition: str | None = None
@@ -197,29 +207,63 @@ def job_gpus(cfg: SweepConfig, cuda_visible: bool) -> int:
     return gpus
 
 
-def job_specs(cfg: SweepConfig, gpus: int) -> list[JobSpec]:
-    """Every (task, width) job of the sweep, tasks outer, widths inner; detection jobs use ``gpus`` GPUs."""
-    specs = []
-    demo = ["--demo"] if cfg.demo else []
-    for task in cfg.tasks:
-        for w in cfg.widths:
-            common = ["--checkpoint", str(Path(cfg.checkpoint).resolve()), "--width", f"{w:g}",
-                      "--results", str(Path(cfg.results).resolve()), "--device", cfg.device, *demo]
-            if task.kind == "linear":
-                argv = ["--dataset", task.dataset, *common, *cfg.linear_args]
-            else:
-                gpus_arg = ["--num-gpus", str(gpus)] if gpus > 1 else []
-                argv = ["--task", task.kind, *common, "--output", str(Path(cfg.output).resolve() / "detection"),
-                        *gpus_arg, *cfg.detection_args]
-            specs.append(JobSpec(task, w, tuple(argv)))
-    return specs
+def grid_cells(cfg: SweepConfig) -> list[Cell]:
+    """Every task at every width on ``--checkpoint`` (and from random initialisation with ``--random-init``)."""
+    inits = (False, True) if cfg.random_init else (False,)
+    return [Cell(task, cfg.checkpoint, w, random_init, f"{task.name}{' random-init' if random_init else ''}")
+            for task in cfg.tasks for random_init in inits for w in cfg.widths]
+
+
+# What the sweep sets on every job's command line: --linear-args / --detection-args must not set them again.
+SWEEP_FLAGS = {"--checkpoint", "--weights", "--width", "--seed", "--results", "--output", "--device", "--demo",
+               "--random-init", "--dataset", "--task", "--num-gpus", "--resume", "--run-dir"}
+
+
+def job_argv(cfg: SweepConfig, cell: Cell, seed: int, gpus: int) -> list[str]:
+    """The command line of one job of ``cell`` (the width as Python's shortest exact text: it parses back equal)."""
+    common = ["--checkpoint", str(Path(cell.checkpoint).resolve()), "--width", repr(float(cell.width)),
+              "--seed", str(seed), "--results", str(Path(cfg.results).resolve()), "--device", cfg.device,
+              *(["--demo"] if cfg.demo else []), *(["--random-init"] if cell.random_init else [])]
+    if cell.task.kind == "linear":
+        return ["--dataset", cell.task.dataset, *common, *cfg.linear_args]
+    gpus_arg = ["--num-gpus", str(gpus)] if gpus > 1 else []
+    return ["--task", cell.task.kind, *common, "--output", str(Path(cfg.output).resolve() / "detection"), *gpus_arg,
+            *cfg.detection_args]
+
+
+def plan(cfg: SweepConfig, cells: list[Cell], gpus: int) -> list[Planned]:
+    """Every job of ``cells`` at every seed, each spec built and validated by its task's own parser (``UsageError``
+    naming the job otherwise); detection jobs use ``gpus`` GPUs. Jobs with one identity are planned once."""
+    for name, extra in (("linear-args", cfg.linear_args), ("detection-args", cfg.detection_args)):
+        taken = sorted({a.split("=", 1)[0] for a in extra} & SWEEP_FLAGS)
+        if taken:
+            raise UsageError(f"--{name} sets {', '.join(taken)}, which the sweep sets for every job "
+                             f"(use the sweep's own options, e.g. --seed/--trials, --widths, --device)")
+    checkpoints: dict[str, us3l.BackboneCheckpoint] = {}
+    jobs: dict[str, Planned] = {}
+    for cell in cells:
+        if cell.checkpoint not in checkpoints:
+            try:
+                checkpoints[cell.checkpoint] = us3l.load_checkpoint(cell.checkpoint)
+            except us3l.CheckpointError as e:
+                raise UsageError(str(e)) from None
+        program = importlib.import_module(cell.task.module)
+        for seed in cfg.seeds:
+            row = cell.row or cell.task.name
+            row += f" seed={seed}" if len(cfg.seeds) > 1 else ""
+            try:
+                spec, run = program.make_job(job_argv(cfg, cell, seed, gpus), checkpoints[cell.checkpoint])
+            except program.USAGE_ERRORS as e:
+                raise UsageError(f"{row} w={cell.width:g}: {e}") from None
+            jobs.setdefault(spec.id, Planned(cell.task, spec, run, row))
+    return list(jobs.values())
 
 
 @dataclass
 class Tracked:
     """A submitted job and what the sweep knows about it."""
 
-    spec: JobSpec
+    planned: Planned
     job: submitit.Job | None = None
     state: str = "QUEUED"  # QUEUED (not yet submitted), then the scheduler's state, then DONE/FAILED
     error: str = ""
@@ -243,18 +287,7 @@ class Sweep:
     """Plan, submit and wait for the jobs of one sweep."""
 
     def __init__(self, cfg: SweepConfig, out: Callable[[str], None] = print) -> None:
-        import us3l
-
         self.cfg, self.out = cfg, out
-        try:
-            ck = us3l.load_checkpoint(cfg.checkpoint)
-        except us3l.CheckpointError as e:
-            raise UsageError(str(e)) from None
-        for w in cfg.widths:
-            try:
-                ck.check_width(w)
-            except ValueError as e:
-                raise UsageError(str(e)) from None
         if cfg.demo:
             from .datasets import SPECS
 
@@ -262,13 +295,19 @@ class Sweep:
             if real:
                 raise UsageError(f"--demo runs on the built-in data; {', '.join(real)} is a real dataset "
                                  f"(use linear:shapes, or drop --demo)")
-        self.sha256 = ck.sha256
-        self.gpus = job_gpus(cfg, torch.cuda.is_available())
-        self.specs = job_specs(cfg, self.gpus)
+        try:
+            self.gpus, no_gpus = job_gpus(cfg, torch.cuda.is_available()), None
+        except UsageError as e:  # reported after the jobs' own input errors
+            self.gpus, no_gpus = 0, e
+        self.planned = plan(cfg, grid_cells(cfg), self.gpus)
+        if no_gpus:
+            raise no_gpus
         records = read_records(cfg.results) if Path(cfg.results).is_dir() else []
-        self.skipped = [s for s in self.specs if has_result(records, s, self.sha256, cfg.demo)]
-        self.jobs = [Tracked(s) for s in self.specs if s not in self.skipped]
-        self.executors = {g: self._executor(g) for g in dict.fromkeys(t.spec.task.group for t in self.jobs)}
+        done = {r["id"] for r in records if r["status"] == "ok"}
+        self.failed_before = {r["id"] for r in records if r["status"] == "failed"}
+        self.skipped = [p for p in self.planned if p.spec.id in done]
+        self.jobs = [Tracked(p) for p in self.planned if p.spec.id not in done]
+        self.executors = {g: self._executor(g) for g in dict.fromkeys(t.planned.task.group for t in self.jobs)}
 
     def resources(self, group: str) -> tuple[int, int | None]:
         """(GPUs, CPUs) of one job of ``group``: a linear job uses one GPU; ``--cpus-per-gpu`` CPUs per GPU
@@ -293,16 +332,19 @@ class Sweep:
         ex.update_parameters(name=f"us3l-{group}", **{k: v for k, v in params.items() if v is not None})
         return ex
 
-    def _runner(self, spec: JobSpec) -> TaskRunner:
-        return TaskRunner(spec.task.module, spec.argv, spec.label, threads=self.cfg.cpus_per_job)
+    def _runner(self, job: Planned) -> JobRunner:
+        return JobRunner(job, threads=self.cfg.cpus_per_job)
 
     def submit(self) -> None:
         """Submit the jobs without results: one array per resource group on Slurm (``UsageError`` when sbatch
         refuses it), up to ``max_parallel`` at a time locally."""
-        for s in self.skipped:
-            self.out(f"skip {s.label}: result already in {self.cfg.results}")
+        for p in self.skipped:
+            self.out(f"skip {p.label}: run {p.spec.id} already has a record in {self.cfg.results}")
+        for t in self.jobs:
+            if t.planned.spec.id in self.failed_before:
+                self.out(f"retry {t.planned.label}: run {t.planned.spec.id} failed before")
         if not self.jobs:
-            self.out(f"nothing to submit: all {len(self.specs)} (task, width) jobs have results in {self.cfg.results}")
+            self.out(f"nothing to submit: all {len(self.planned)} jobs have records in {self.cfg.results}")
             return
         _ensure_importable()
         if self.cfg.executor == "local":
@@ -310,10 +352,10 @@ class Sweep:
             return
         arrays: list[str] = []
         for group, ex in self.executors.items():
-            tracked = [t for t in self.jobs if t.spec.task.group == group]
+            tracked = [t for t in self.jobs if t.planned.task.group == group]
             try:
                 with ex.batch():
-                    futures = [ex.submit(self._runner(t.spec)) for t in tracked]
+                    futures = [ex.submit(self._runner(t.planned)) for t in tracked]
             except submitit.core.utils.FailedJobError as e:
                 reason = str(e).strip().splitlines()[-1] if str(e).strip() else "no message"
                 already = f" (array {', '.join(arrays)} was submitted and keeps running)" if arrays else ""
@@ -333,7 +375,7 @@ class Sweep:
             if running >= limit:
                 break
             if t.state == "QUEUED":
-                t.job, t.state = self.executors[t.spec.task.group].submit(self._runner(t.spec)), "RUNNING"
+                t.job, t.state = self.executors[t.planned.task.group].submit(self._runner(t.planned)), "RUNNING"
                 running += 1
 
     def poll(self) -> bool:
@@ -369,16 +411,18 @@ class Sweep:
         self._report_failure(t)
 
     def _report_failure(self, t: Tracked) -> None:
-        self.out(f"FAILED {t.spec.label}: {t.error}\n  log: {t.job.paths.stderr}")
+        self.out(f"FAILED {t.planned.label}: {t.error}\n  log: {t.job.paths.stderr}")
 
     def table(self) -> str:
-        """The status table: one row per task, one column per width."""
-        state = {(s.task.name, s.width): "done (kept)" for s in self.skipped}
-        state.update({(t.spec.task.name, t.spec.width): t.state.lower() for t in self.jobs})
-        head = ["task"] + [f"w={w:g}" for w in self.cfg.widths]
-        rows = [[task.name] + [state.get((task.name, w), "") for w in self.cfg.widths] for task in self.cfg.tasks]
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-        return "\n".join("  ".join(c.ljust(n) for c, n in zip(r, widths)).rstrip() for r in [head, *rows])
+        """The status table: one row per task (and seed, backbone), one column per width."""
+        state = {(p.row, p.spec.width): "done (kept)" for p in self.skipped}
+        state.update({(t.planned.row, t.planned.spec.width): t.state.lower() for t in self.jobs})
+        rows_of = list(dict.fromkeys(p.row for p in self.planned))
+        widths = list(dict.fromkeys(p.spec.width for p in self.planned))
+        head = ["task"] + [f"w={w:g}" for w in widths]
+        rows = [[row] + [state.get((row, w), "") for w in widths] for row in rows_of]
+        size = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        return "\n".join("  ".join(c.ljust(n) for c, n in zip(r, size)).rstrip() for r in [head, *rows])
 
     def wait(self) -> int:
         """Poll until every job is finished, showing the table when it changes; returns the exit status."""
@@ -397,9 +441,9 @@ class Sweep:
             time.sleep(self.cfg.poll_s)
         failed = [t for t in self.jobs if t.state == "FAILED"]
         for t in failed:
-            self.out(f"failed: {t.spec.label}: {t.error}\n  log: {t.job.paths.stderr if t.job else '-'}")
-        done = len(self.specs) - len(failed)
-        self.out(f"{done}/{len(self.specs)} jobs have results in {self.cfg.results}"
+            self.out(f"failed: {t.planned.label}: {t.error}\n  log: {t.job.paths.stderr if t.job else '-'}")
+        done = len(self.planned) - len(failed)
+        self.out(f"{done}/{len(self.planned)} jobs have results in {self.cfg.results}"
                  + (f"; {len(failed)} failed (rerun the sweep to retry them)" if failed else ""))
         return 1 if failed else 0
 
@@ -423,6 +467,10 @@ def parse_args(argv: list[str] | None) -> SweepConfig:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--tasks", required=True, help="comma-separated: voc, coco, linear:DATASET")
     p.add_argument("--widths", default="1.0,0.75,0.5,0.25")
+    p.add_argument("--seed", type=int, default=0, help="seed of every job (the first seed with --trials)")
+    p.add_argument("--trials", type=int, default=1, help="run seeds SEED..SEED+N-1, one job and record each")
+    p.add_argument("--random-init", action="store_true",
+                   help="also run every job from random initialisation of the checkpoint's architecture")
     p.add_argument("--executor", choices=("local", "slurm"), default="local")
     p.add_argument("--results", default="output/results")
     p.add_argument("--output", default="output/sweep", help="job logs and detection run directories")
@@ -449,7 +497,9 @@ def parse_args(argv: list[str] | None) -> SweepConfig:
         if not sep or not key:
             p.error(f"--slurm-extra takes KEY=VALUE, got {item!r}")
         extra[key] = value
-    for name in ("gpus_per_job", "cpus_per_gpu", "cpus_per_job", "mem_gb", "timeout_min", "max_parallel"):
+    if a.seed < 0:
+        p.error(f"--seed must be >= 0, got {a.seed}")
+    for name in ("trials", "gpus_per_job", "cpus_per_gpu", "cpus_per_job", "mem_gb", "timeout_min", "max_parallel"):
         value = getattr(a, name)
         if value is not None and value < (0 if name == "gpus_per_job" else 1):
             p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -458,7 +508,8 @@ def parse_args(argv: list[str] | None) -> SweepConfig:
     except UsageError as e:
         p.error(str(e))
     return SweepConfig(checkpoint=a.checkpoint, tasks=tasks, widths=widths, executor=a.executor, results=a.results,
-                       output=a.output, demo=a.demo, device=a.device, partition=a.partition,
+                       output=a.output, seeds=list(range(a.seed, a.seed + a.trials)), random_init=a.random_init,
+                       demo=a.demo, device=a.device, partition=a.partition,
                        gpus_per_job=a.gpus_per_job, cpus_per_gpu=a.cpus_per_gpu, cpus_per_job=a.cpus_per_job,
                        mem_gb=a.mem_gb, timeout_min=a.timeout_min, max_parallel=a.max_parallel,
                        linear_args=shlex.split(a.linear_args), detection_args=shlex.split(a.detection_args),
