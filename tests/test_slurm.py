@@ -12,7 +12,7 @@ import pytest
 from real_layouts import write_checkpoint, write_cifar10, write_cifar100
 
 from transfer import sweep
-from transfer.results import read_records
+from us3l.jobs import read_records
 
 
 def _slurm_up() -> str:
@@ -83,9 +83,9 @@ def test_slurm_sweep_preemption_rerun_and_failure(tmp_path, capsys):
     assert "attempt 1" in log and "attempt 2" in log and "attempt 3" not in log
     assert "Caught signal SIGUSR2" in log + (victim.stderr() or "")
     records = read_records(results)
-    assert sorted((r["dataset"], r["width"]) for r in records) == [
+    assert sorted((r["spec"]["dataset"], r["spec"]["width"]) for r in records) == [
         ("cifar10", 0.25), ("cifar10", 0.5), ("cifar100", 0.25), ("cifar100", 0.5)]
-    assert all(r["task"] == "linear-augment" for r in records)
+    assert all(r["spec"]["task"] == "linear" and r["spec"]["protocol"]["augment"] for r in records)
     capsys.readouterr()
 
     # 2. The same sweep again submits nothing.
@@ -100,7 +100,7 @@ def test_slurm_sweep_preemption_rerun_and_failure(tmp_path, capsys):
     assert failed.startswith("FAILED linear:dtd w=0.75: transfer.linear: error: dataset 'dtd' not found")
     log = out.split("log: ", 1)[1].splitlines()[0]
     assert "dataset 'dtd' not found" in open(log).read()
-    assert any(r["dataset"] == "cifar10" and r["width"] == 0.75 for r in read_records(results))
+    assert any(r["spec"]["dataset"] == "cifar10" and r["spec"]["width"] == 0.75 for r in read_records(results))
     assert "5/6 jobs have results" not in out and "1/2 jobs have results" in out
 
 
