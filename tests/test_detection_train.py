@@ -156,6 +156,20 @@ def test_coco_demo_writes_box_and_mask_record(tmp_path, ckpt, capsys):
     assert len(read_records(tmp_path / "res")) == 1
 
 
+def test_diverged_run_exits_1_with_a_failed_record(tmp_path, ckpt, capsys):
+    """A NaN or infinite loss (Detectron2's FloatingPointError) ends the run: exit 1, one line, and a failed record
+    with no metric but the detector's cost."""
+    assert main(["--task", "voc", "--checkpoint", str(ckpt), "--width", "0.25", "--demo",
+                 "--output", str(tmp_path / "det"), "--results", str(tmp_path / "res"),
+                 "SOLVER.BASE_LR", "1e30", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "100", *TINY]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: diverged: ") and "NaN" in line and line.endswith(f"failed record in {tmp_path}/res")
+    [rec] = read_records(tmp_path / "res")
+    assert (rec["status"], rec["metrics"]) == ("failed", {}) and rec["error"].startswith("FloatingPointError: ")
+    assert rec["cost"]["detector_params"] > rec["cost"]["backbone_params"] > 0
+    assert rec == {**_strict(open(rec["_path"]).read()), "_path": rec["_path"]}
+
+
 def _train_cmd(tmp_path: Path, ckpt: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "detection.train", "--task", "voc", "--checkpoint", str(ckpt), "--width", "0.25",
             "--demo", "--output", str(tmp_path / "det"), "--results", str(tmp_path / "res"), *extra,
