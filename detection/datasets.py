@@ -73,9 +73,11 @@ def check_builtin(name: str) -> None:
 
 
 def check_dataset(name: str) -> None:
-    """Built-in layout (:func:`check_builtin`), then the files of any registered COCO-format set: both its
+    """Built-in layout (:func:`check_builtin`), registration, then the files of a COCO-format set: both its
     annotation file and its image folder must exist, so that neither is found missing mid-training."""
     check_builtin(name)
+    if name not in DatasetCatalog.list():
+        raise DatasetMissingError(f"dataset {name!r} is not registered with Detectron2")
     meta = MetadataCatalog.get(name)
     json_file, image_root = getattr(meta, "json_file", None), getattr(meta, "image_root", None)
     if json_file and not Path(json_file).is_file():

@@ -3,6 +3,7 @@
 ``python -m detection.train --task voc|coco (--checkpoint CKPT --width W | --weights FILE.pkl)
 [--random-init] [--seed N] [--device auto|cuda|cpu] [--num-gpus N] [--deterministic] [--resume] [--demo]
 [--results DIR] [--output DIR] [--run-dir DIR] [KEY VALUE ...]``
+``python -m detection.train --task voc|coco --eval-only --weights RUN_DIR/model_final.pth [--demo] [KEY VALUE ...]``
 
 VOC: Faster R-CNN R50-FPN evaluated by Detectron2's ``PascalVOCDetectionEvaluator`` (AP, AP50, AP75).
 COCO: Mask R-CNN R50-FPN evaluated by ``COCOEvaluator`` with pycocotools (box and mask AP, AP50, AP75,
@@ -16,7 +17,8 @@ including a real (non-demo) run that finds no CUDA device: it runs on CPU only w
 ``SOLVER.AMP.ENABLED`` trains in float16 autocast on CUDA and bfloat16 autocast on CPU; ``SEED`` is
 applied in every process; a resume must keep the run's precision. A NaN or infinite loss or metric ends
 the run with exit status 1 and a failed record. The record carries the whole detector's parameters and
-MACs at the test size beside the backbone's.
+MACs at the test size beside the backbone's. ``--eval-only`` re-evaluates a finished run's checkpoint with
+test-time overrides only, into a record of its own (:mod:`detection.evaluate`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from detection.convert import (
 )
 from detection.cost import detector_params_macs
 from detection.datasets import check_dataset, image_files_of, register_shapes
+from detection.evaluate import load_detector_weights, prepare_eval
 from detection.hooks import bound_checkpoints
 from us3l.atomic import atomic_path
 from us3l.device import DEVICE_CHOICES, device_info, resolve_device
@@ -205,7 +208,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--task", required=True, choices=("voc", "coco"))
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="slimmable backbone checkpoint (converted at --width before training)")
-    src.add_argument("--weights", help="Detectron2 weight file from `python -m detection.convert`")
+    src.add_argument("--weights", help="Detectron2 weight file from `python -m detection.convert`; with --eval-only, "
+                                       "a checkpoint in a finished run's directory (RUN_DIR/model_final.pth)")
     p.add_argument("--width", type=float, help="backbone width (required with --checkpoint)")
     p.add_argument("--random-init", action="store_true",
                    help="with --checkpoint: same arch and schedule, random initialisation (baseline)")
@@ -217,6 +221,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="deterministic kernels (torch.use_deterministic_algorithms, warning where CUDA has none)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last_checkpoint")
     p.add_argument("--demo", action="store_true", help="procedural demo sets and a CPU-scale schedule")
+    p.add_argument("--eval-only", action="store_true",
+                   help="re-evaluate the run of --weights RUN_DIR/model_*.pth (test-time overrides only), one process")
     p.add_argument("--results", default="output/results", help="results directory (one JSON record per run)")
     p.add_argument("--output", default="output/detection", help="root of the run directories")
     p.add_argument("--run-dir", help="run directory (default: OUTPUT/<task>[-demo]/w<width>-<spec id>); one that "
@@ -450,12 +456,12 @@ def make_deterministic() -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def detection_cost(trainer: Trainer, cfg: CfgNode, spec: JobSpec) -> dict[str, int]:
+def detection_cost(model: torch.nn.Module, cfg: CfgNode, spec: JobSpec) -> dict[str, int]:
     """Parameters and MACs of the backbone alone and of the whole detector, on one square image of the test size
     (the detector's with its proposal and detection counts pinned, see :mod:`detection.cost`)."""
     size = cfg.INPUT.MIN_SIZE_TEST
     params, macs = us3l.count_params_macs(spec.arch, spec.width, input_size=size, num_classes=0)
-    model = getattr(trainer.model, "module", trainer.model)  # unwrapped from DistributedDataParallel
+    model = getattr(model, "module", model)  # unwrapped from DistributedDataParallel
     detector_params, detector_macs = detector_params_macs(model, size, size)
     return {"backbone_params": params, "backbone_macs": macs, "input_size": size,
             "detector_params": detector_params, "detector_macs": detector_macs}
@@ -473,6 +479,9 @@ def write_result(job: Job, cfg: CfgNode, cost: dict[str, int], start: float, met
     return write_record(job.results_dir, record)
 
 
+REQUIRED_METRICS = {"voc": ("AP", "AP50", "AP75"), "coco": ("box_AP", "box_AP50", "box_AP75")}
+
+
 def train_and_evaluate(trainer: Trainer, job: Job) -> tuple[dict[str, float], list[str]]:
     """Load the backbone strictly, resume, train, evaluate: (metrics, undefined metrics) on the main process."""
     if job.weights:
@@ -486,8 +495,7 @@ def train_and_evaluate(trainer: Trainer, job: Job) -> tuple[dict[str, float], li
         return {}, []
     if not results:
         raise RuntimeError("evaluation produced no results")
-    required = ("AP", "AP50", "AP75") if job.spec.task == "voc" else ("box_AP", "box_AP50", "box_AP75")
-    return split_metrics(flatten_metrics(job.spec.task, results), required)
+    return split_metrics(flatten_metrics(job.spec.task, results), REQUIRED_METRICS[job.spec.task])
 
 
 def worker(cfg: CfgNode, job: Job) -> None:
@@ -506,7 +514,7 @@ def worker(cfg: CfgNode, job: Job) -> None:
     start = time.time()
     trainer = Trainer(cfg)
     cfg = trainer.cfg  # scaled to this world size by REFERENCE_WORLD_SIZE (batch, LR, iterations)
-    cost = detection_cost(trainer, cfg, job.spec) if comm.is_main_process() else {}
+    cost = detection_cost(trainer.model, cfg, job.spec) if comm.is_main_process() else {}
     try:
         metrics, undefined = train_and_evaluate(trainer, job)
     except Exception as e:
@@ -541,8 +549,40 @@ def run_job(spec: JobSpec, run: DetectionRun) -> int:
     return 0
 
 
+def eval_worker(cfg: CfgNode, job: Job) -> None:
+    """``--eval-only``: build the run's detector, load ``job.weights`` strictly, evaluate, record."""
+    setup_logger(output=job.run_dir, distributed_rank=comm.get_rank(), name="detectron2")
+    if job.spec.demo:
+        register_shapes(job.datasets_dir)
+    start = time.time()
+    model = Trainer.build_model(cfg)
+    load_detector_weights(model, job.weights)
+    results = Trainer.test(cfg, model)
+    if comm.is_main_process():
+        metrics, undefined = split_metrics(flatten_metrics(job.spec.task, results), REQUIRED_METRICS[job.spec.task])
+        path = write_result(job, cfg, detection_cost(model, cfg, job.spec), start, metrics, undefined)
+        logger.info("eval-only %s: %s -> %s", job.weights, metrics, path)
+
+
+def run_eval_only(argv: Sequence[str]) -> int:
+    """``--eval-only``: exit status 0, or 2 for bad input (one line, nothing written)."""
+    args = parse_args(argv)
+    try:
+        cfg, spec, datasets_dir = prepare_eval(args)
+    except USAGE_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    job = Job(spec=spec, run_dir=cfg.OUTPUT_DIR, results_dir=args.results, datasets_dir=datasets_dir,
+              weights=str(Path(args.weights).resolve()), resume=False, command=command_line("detection.train", argv))
+    Path(job.run_dir).mkdir(parents=True, exist_ok=True)
+    launch(eval_worker, 1, dist_url="auto", args=(cfg, job))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if parse_args(argv).eval_only:
+        return run_eval_only(argv)
     try:
         spec, run = make_job(argv)
     except USAGE_ERRORS as e:

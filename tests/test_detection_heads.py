@@ -1,4 +1,5 @@
-"""MODEL.US3L.SCALE_HEADS: the built detector's FPN, RPN and R-CNN head channels follow the width rule."""
+"""MODEL.US3L.SCALE_HEADS: the built detector's FPN, RPN and R-CNN head channels follow the width rule; a scaled
+demo COCO run trains, evaluates and resumes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import detection.d2compat  # noqa: F401
 # isort: split
 from detectron2.modeling import build_model
 
+import us3l
 from detection.config import build_config, scale_heads
+from detection.train import main
+from us3l.jobs import read_records
 
 SCALED = ["MODEL.US3L.SCALE_HEADS", "True"]
 
@@ -68,3 +72,19 @@ def test_group_norm_heads_need_divisible_channels():
     cfg = build_config("voc", arch="resnet50", width=0.25, opts=[*SCALED, "MODEL.FPN.NORM", "GN",
                                                                   "MODEL.ROI_BOX_HEAD.NORM", "GN"])
     assert cfg.MODEL.FPN.OUT_CHANNELS == 64
+
+
+def test_scaled_heads_train_evaluate_and_resume_on_demo_coco(tmp_path):
+    ckpt = tmp_path / "backbone.pth"
+    us3l.save_checkpoint(ckpt, us3l.models.us_resnet18(num_classes=0), method="test", config={}, provenance={})
+    flags = ["--task", "coco", "--checkpoint", str(ckpt), "--width", "0.25", "--demo", "--output",
+             str(tmp_path / "det"), "--results", str(tmp_path / "res")]
+    opts = [*SCALED, "SOLVER.MAX_ITER", "4", "MODEL.US3L.CALIBRATION_BATCHES", "1", "TEST.PRECISE_BN.NUM_ITER", "2"]
+    assert main([*flags, *opts]) == 0
+    [first] = read_records(tmp_path / "res")
+    assert first["spec"]["protocol"]["fpn_channels"] == 16 and {"box_AP", "mask_AP"} <= set(first["metrics"])
+    assert main([*flags, "--resume", *opts]) == 0  # the same spec again: same directory, nothing left to train
+    [run_dir] = (tmp_path / "det").glob("coco-demo/w0.2500-*")
+    assert "training from iteration 4 to 4" in (run_dir / "log.txt").read_text()
+    [again] = read_records(tmp_path / "res")
+    assert again["id"] == first["id"] and again["metrics"] == first["metrics"]
