@@ -39,7 +39,11 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
 
 
 class KeepLastCheckpoints(hooks.PeriodicCheckpointer):
-    """Detectron2's periodic checkpointer, then :func:`prune_checkpoints` after each of its saves."""
+    """Detectron2's periodic checkpointer, then :func:`prune_checkpoints` after each of its saves.
+
+    When the last iteration is also a periodic one, Detectron2 writes the same state twice
+    (``model_NNNNNNN.pth`` and ``model_final.pth``): the periodic copy is deleted, ``model_final.pth`` stays.
+    """
 
     def __init__(self, checkpointer, period: int, keep: int, max_iter: int | None = None) -> None:
         super().__init__(checkpointer, period, max_iter=max_iter)
@@ -52,8 +56,11 @@ class KeepLastCheckpoints(hooks.PeriodicCheckpointer):
 
     def after_step(self) -> None:
         super().after_step()
-        if (self.trainer.iter + 1) % self.period == 0:
-            prune_checkpoints(self.checkpointer.save_dir, self.keep)
+        it, save_dir = self.trainer.iter, Path(self.checkpointer.save_dir)
+        if (it + 1) % self.period == 0:
+            prune_checkpoints(save_dir, self.keep)
+        if self.max_iter is not None and it >= self.max_iter - 1 and (save_dir / "model_final.pth").is_file():
+            (save_dir / f"model_{it:07d}.pth").unlink(missing_ok=True)
 
 
 def bound_checkpoints(hook_list: list, keep: int) -> list:
