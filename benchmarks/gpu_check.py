@@ -90,7 +90,7 @@ def detection(mode: str, work: Path, env: dict[str, str], checkpoint: str, width
     log = metrics_file.with_name("log.txt").read_text()
     mem = [int(m) for m in re.findall(r"max_mem: (\d+)M", log)]
     [record] = [json.loads(p.read_text()) for p in (work / "results").glob("voc-*.json")
-                if abs(json.loads(p.read_text())["width"] - width) < 1e-9]
+                if abs(json.loads(p.read_text())["spec"]["width"] - width) < 1e-9]
     return {"width": width, "iterations": iters, "s_per_iter": sum(times) / len(times),
             "max_mem_mb": max(mem) if mem else None, "AP50": record["metrics"].get("AP50"), "wall_s": wall}
 
