@@ -31,6 +31,8 @@ DEMO_FLAG :=
 TASKS ?= voc,coco,linear:cifar10,linear:cifar100,linear:flowers102,linear:pets,linear:dtd
 endif
 RESULTS ?= $(OUTPUT)/results
+# SEED: the seed of a voc/coco/linear run, the first seed of a sweep; TRIALS=N: a sweep runs seeds SEED..SEED+N-1.
+SEED_FLAG := $(if $(SEED),--seed $(SEED))
 PLOTS ?= $(OUTPUT)/plots
 
 ifeq ($(GPUS),1)
@@ -80,16 +82,19 @@ pretrain-widths: install
 
 voc coco: install
 	$(PYTHON) -m detection.train --task $@ --checkpoint $(CKPT) --width $(WIDTH) --num-gpus $(GPUS) \
-	  --device $(DEVICE) --results $(RESULTS) --output $(OUTPUT)/detection $(DEMO_FLAG) $(ARGS)
+	  --device $(DEVICE) --results $(RESULTS) --output $(OUTPUT)/detection $(SEED_FLAG) $(DEMO_FLAG) $(ARGS)
 
 linear: install
 	$(PYTHON) -m transfer.linear --dataset $(if $(filter 1,$(DEMO)),shapes,$(DATASET)) --checkpoint $(CKPT) \
-	  --width $(WIDTH) --device $(DEVICE) --results $(RESULTS) $(DEMO_FLAG) $(ARGS)
+	  --width $(WIDTH) --device $(DEVICE) --results $(RESULTS) $(SEED_FLAG) $(DEMO_FLAG) $(ARGS)
 
+# SUITE=suites/X.yaml: the suite's methods, checkpoints, tasks and widths (instead of CKPT/TASKS/WIDTHS).
 sweep: install
-	$(PYTHON) -m transfer.sweep --checkpoint $(CKPT) --tasks $(TASKS) --widths $(WIDTHS) \
-	  --executor $(EXECUTOR) --device $(DEVICE) $(if $(filter command line,$(origin GPUS)),--gpus-per-job $(GPUS)) \
-	  $(if $(PARTITION),--partition $(PARTITION)) --results $(RESULTS) --output $(OUTPUT)/sweep $(DEMO_FLAG) $(ARGS)
+	$(PYTHON) -m transfer.sweep $(if $(SUITE),--suite $(SUITE) --output-root $(OUTPUT),--checkpoint $(CKPT) \
+	  --tasks $(TASKS) --widths $(WIDTHS)) --executor $(EXECUTOR) --device $(DEVICE) \
+	  $(if $(filter command line,$(origin GPUS)),--gpus-per-job $(GPUS)) $(if $(PARTITION),--partition $(PARTITION)) \
+	  --results $(RESULTS) --output $(OUTPUT)/sweep $(SEED_FLAG) $(if $(TRIALS),--trials $(TRIALS)) \
+	  $(if $(filter 1,$(RANDOM_INIT)),--random-init) $(if $(SUITE),,$(DEMO_FLAG)) $(ARGS)
 
 plot: install
 	$(PYTHON) -m transfer.plot $(RESULTS) -o $(PLOTS) $(if $(SUITE),--suite $(SUITE) --output-root $(OUTPUT)) \

@@ -297,3 +297,37 @@ def test_local_demo_sweep_with_detection(tmp_path, capsys):
     assert (tmp_path / "o" / "detection").is_dir()
     figures, summary = plot.render(tmp_path / "r", tmp_path / "plots")
     assert {f.name for f in figures} == {"demo-voc.png", "demo-linear.png"} and "## Benchmark" not in summary
+
+
+def test_suite_plans_one_line_per_method_with_per_width_checkpoints(tmp_path, capsys):
+    """A suite's methods become the sweep's cells: a slimmable checkpoint at every width, a fixed-width family
+    one checkpoint per width, random initialisation as its own method; the records say which method ran."""
+    from us3l.models import us_resnet18
+
+    slim = write_checkpoint(tmp_path / "us3l.pth", stem="imagenet")
+    fixed = {}
+    for w in (0.5, 0.25):
+        fixed[w] = us3l.save_checkpoint(tmp_path / f"byol_w{int(w * 100):03d}.pth",
+                                        us_resnet18(num_classes=0, width_range=(w, w)), method="byol", config={},
+                                        provenance={})
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"arch: resnet18\nwidths: [0.5, 0.25]\ntasks: [linear:cifar10]\nbaseline: random init\n"
+                     f"methods:\n  US3L: {{checkpoint: {slim}}}\n"
+                     f"  BYOL: {{checkpoints: {{0.5: {fixed[0.5]}, 0.25: {fixed[0.25]}}}}}\n"
+                     f"  random init: {{checkpoint: {slim}, random_init: true}}\n")
+    sw = sweep.Sweep(sweep.parse_args(["--suite", str(suite), "--results", str(tmp_path / "r"), "--output",
+                                       str(tmp_path / "o"), "--device", "cpu"]), out=lambda _: None)
+    got = [(j.row, j.spec.width, j.spec.checkpoint_sha256, j.spec.random_init) for j in sw.planned]
+    sha = {p: us3l.file_sha256(p) for p in (slim, fixed[0.5], fixed[0.25])}
+    assert got == [("US3L: linear:cifar10", 0.5, sha[slim], False), ("US3L: linear:cifar10", 0.25, sha[slim], False),
+                   ("BYOL: linear:cifar10", 0.5, sha[fixed[0.5]], False),
+                   ("BYOL: linear:cifar10", 0.25, sha[fixed[0.25]], False),
+                   ("random init: linear:cifar10", 0.5, sha[slim], True),
+                   ("random init: linear:cifar10", 0.25, sha[slim], True)]
+    for bad, message in ((["--checkpoint", str(slim)], "drop --checkpoint"), (["--demo"], "suite on real data")):
+        with pytest.raises(SystemExit):
+            sweep.parse_args(["--suite", str(suite), *bad])
+        assert message in capsys.readouterr().err
+    (tmp_path / "byol_w025.pth").unlink()
+    assert sweep.main(["--suite", str(suite), "--results", str(tmp_path / "r"), "--device", "cpu"]) == 2
+    assert "byol_w025.pth" in capsys.readouterr().err

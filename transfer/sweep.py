@@ -46,6 +46,8 @@ import us3l
 from us3l.device import DEVICE_CHOICES
 from us3l.jobs import JobSpec, command_line, read_records
 
+from .suites import Suite, SuiteError, load_suite, suite_jobs
+
 DETECTION_TASKS = ("voc", "coco")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,6 +186,7 @@ class SweepConfig:
     detection_args: list[str] = field(default_factory=list)
     slurm_extra: dict[str, str] = field(default_factory=dict)
     poll_s: float = 5.0
+    suite: Suite | None = None  # when given, its methods are the cells (checkpoint/tasks/widths come from it)
 
 
 def job_gpus(cfg: SweepConfig, cuda_visible: bool) -> int:
@@ -207,8 +210,21 @@ def job_gpus(cfg: SweepConfig, cuda_visible: bool) -> int:
     return gpus
 
 
+def suite_cells(suite: Suite) -> list[Cell]:
+    """The cells of a suite: each method's checkpoint(s) at its widths on every task (``UsageError`` naming a
+    missing or mismatched checkpoint)."""
+    try:
+        jobs = suite_jobs(suite)
+    except SuiteError as e:
+        raise UsageError(str(e)) from None
+    return [Cell(parse_tasks(j.task_name)[0], j.checkpoint, j.width, j.random_init, f"{j.method}: {j.task_name}")
+            for j in jobs]
+
+
 def grid_cells(cfg: SweepConfig) -> list[Cell]:
     """Every task at every width on ``--checkpoint`` (and from random initialisation with ``--random-init``)."""
+    if cfg.suite is not None:
+        return suite_cells(cfg.suite)
     inits = (False, True) if cfg.random_init else (False,)
     return [Cell(task, cfg.checkpoint, w, random_init, f"{task.name}{' random-init' if random_init else ''}")
             for task in cfg.tasks for random_init in inits for w in cfg.widths]
@@ -464,9 +480,11 @@ def _squeue_states() -> dict[str, str]:
 
 def parse_args(argv: list[str] | None) -> SweepConfig:
     p = argparse.ArgumentParser(prog="python -m transfer.sweep", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--tasks", required=True, help="comma-separated: voc, coco, linear:DATASET")
+    p.add_argument("--checkpoint", help="slimmable backbone checkpoint (or --suite)")
+    p.add_argument("--tasks", help="comma-separated: voc, coco, linear:DATASET (or --suite)")
     p.add_argument("--widths", default="1.0,0.75,0.5,0.25")
+    p.add_argument("--suite", help="suite file (suites/*.yaml): its methods' checkpoints, tasks and widths")
+    p.add_argument("--output-root", default="output", help="what $OUTPUT stands for in the suite (default output)")
     p.add_argument("--seed", type=int, default=0, help="seed of every job (the first seed with --trials)")
     p.add_argument("--trials", type=int, default=1, help="run seeds SEED..SEED+N-1, one job and record each")
     p.add_argument("--random-init", action="store_true",
@@ -503,11 +521,26 @@ def parse_args(argv: list[str] | None) -> SweepConfig:
         value = getattr(a, name)
         if value is not None and value < (0 if name == "gpus_per_job" else 1):
             p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    suite = None
+    if a.suite:
+        if a.checkpoint or a.tasks or a.random_init:
+            p.error("--suite names the checkpoints, tasks and baselines: drop --checkpoint/--tasks/--random-init")
+        try:
+            suite = load_suite(a.suite, a.output_root)
+        except SuiteError as e:
+            p.error(str(e))
+        if a.demo and not suite.demo:
+            p.error(f"--demo with {a.suite}, a suite on real data: drop --demo or use a demo suite")
+        a.demo, a.checkpoint, a.tasks = suite.demo, "", ",".join(suite.tasks)
+        a.widths = ",".join(map(repr, suite.widths))
+    elif not (a.checkpoint and a.tasks):
+        p.error("give --checkpoint and --tasks, or --suite")
     try:
         tasks, widths = parse_tasks(a.tasks), parse_widths(a.widths)
     except UsageError as e:
         p.error(str(e))
-    return SweepConfig(checkpoint=a.checkpoint, tasks=tasks, widths=widths, executor=a.executor, results=a.results,
+    return SweepConfig(checkpoint=a.checkpoint, tasks=tasks, suite=suite, widths=widths, executor=a.executor,
+                       results=a.results,
                        output=a.output, seeds=list(range(a.seed, a.seed + a.trials)), random_init=a.random_init,
                        demo=a.demo, device=a.device, partition=a.partition,
                        gpus_per_job=a.gpus_per_job, cpus_per_gpu=a.cpus_per_gpu, cpus_per_job=a.cpus_per_job,
