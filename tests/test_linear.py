@@ -164,7 +164,7 @@ def test_cached_training_equals_training_through_the_backbone(setup):
     root, ckpt = setup
     ev = Evaluation(*make_job(_argv(root, ckpt, "0.75", "--epochs", "4", "--batch-size", "64")))
     train, test = ev.features("train"), ev.features("test")
-    dev, protocol = torch.device("cpu"), ev.protocol
+    dev, protocol = torch.device("cpu"), Protocol.of(ev.spec)
     assert (protocol.epochs, protocol.lr, protocol.batch_size) == (4, 0.1, 64)
     a = fit_linear(cached_batches(train, protocol, dev), train.x.shape[1], 10, protocol, dev)
     b = fit_linear(backbone_batches(ev.backbone(), ev.data["train"], protocol, dev, 0), train.x.shape[1], 10,
@@ -258,7 +258,8 @@ def test_not_a_checkpoint_and_bad_epochs(setup, tmp_path, capsys):
 
 @pytest.mark.slow  # generates the 3000 demo images; make demo runs this path too
 def test_demo_shapes_is_tagged_demo(tmp_path):
-    ckpt = write_checkpoint(tmp_path / "ck.pth", stem="imagenet")
+    ckpt = us3l.save_checkpoint(tmp_path / "ck.pth", us3l.models.us_resnet18(num_classes=0), method="test",
+                                config={}, provenance={"image_size": 32})  # pretrained on the shapes at 32 px
     argv = ["--dataset", "shapes", "--demo", "--checkpoint", str(ckpt), "--width", "0.25", "--results",
             str(tmp_path / "r"), "--data-root", str(tmp_path / "data"), "--epochs", "2"]
     assert linear.main(argv) == 0
