@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .checkpoint import BackboneCheckpoint
 
 RECORD_VERSION = 2
-TASKS = ("voc", "coco", "linear")
+TASKS = ("voc", "coco", "linear", "knn")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SIGNIFICANT_DIGITS = 12  # floats are compared at this precision: 1/3 and 0.333333333333 are one width
 ID_LENGTH = 16
