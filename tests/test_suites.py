@@ -15,14 +15,8 @@ from us3l.models import us_resnet18
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "suites").glob("*.yaml"))
-NO_IMAGENET_LINEAR = pytest.mark.xfail(strict=True, raises=SuiteError,
-                                       reason="ImageNet linear evaluation (linear:imagenet) is not in "
-                                              "transfer/datasets.py yet")
-
-
 def _shipped(name_filter=lambda p: True):
-    return [pytest.param(p, id=p.stem, marks=NO_IMAGENET_LINEAR if p.stem.endswith("table4") else ())
-            for p in SHIPPED if name_filter(p)]
+    return [pytest.param(p, id=p.stem) for p in SHIPPED if name_filter(p)]
 
 
 @pytest.mark.parametrize("path", _shipped())

@@ -38,6 +38,7 @@ from .suites import Suite, SuiteError, load_suite
 
 RECORD_VERSION = 2
 DETECTION_TASKS = ("voc", "coco")
+RECOGNITION_PANELS = {"linear": ("top1", "linear top-1 (%)"), "knn": ("knn20_top1", "kNN (k=20) top-1 (%)")}
 FIGURE_PANELS = {"voc": [("AP50", "VOC AP50"), ("AP", "VOC AP"), ("AP75", "VOC AP75")],
                  "coco": [("box_AP", "COCO box AP"), ("mask_AP", "COCO mask AP")]}
 COCO_COLUMNS = [(f"{kind}_{m}", f"{kind} {m}") for kind in ("box", "mask") for m in ("AP", "AP50", "AP75")]
@@ -343,14 +344,15 @@ def series(spec: FigureSpec, panel: Panel, x: str) -> dict[Line, list[Point]]:
 
 def figure_specs(groups: Sequence[tuple[bool, list[tuple[Run, Line]]]],
                  xs: tuple[str, ...] = ("width", "backbone_macs", "detector_macs")) -> list[FigureSpec]:
-    """The figures of each data group: ``voc``, ``coco``, ``linear`` (``demo-`` first for demo data)."""
+    """The figures of each data group: ``voc``, ``coco``, ``linear``, ``knn`` (``demo-`` first for demo data)."""
     specs = []
     for demo, pairs in groups:
         measured = [r for r, _ in pairs if not r.source]
-        for task in (*DETECTION_TASKS, "linear"):
-            if task == "linear":
-                datasets = _datasets(r.dataset for r in measured if r.task == "linear")
-                panels = [Panel("linear", d, "top1", f"{d} linear top-1 (%)") for d in datasets]
+        for task in (*DETECTION_TASKS, *RECOGNITION_PANELS):
+            if task in RECOGNITION_PANELS:
+                metric, title = RECOGNITION_PANELS[task]
+                datasets = _datasets(r.dataset for r in measured if r.task == task)
+                panels = [Panel(task, d, metric, f"{d} {title}") for d in datasets]
             else:
                 have = {m for r in measured if r.task == task for m in r.metrics}
                 panels = [Panel(task, "", m, t) for m, t in FIGURE_PANELS[task] if m in have]
@@ -529,6 +531,9 @@ def summary_tables(pairs: list[tuple[Run, Line]], baseline: str | None) -> list[
         tables.append(row_table("table6", "Linear top-1 (%) per dataset (Table 6 layout)", pairs,
                                 [(("linear", d), "top1", d) for d in datasets],
                                 ["backbone_params", "backbone_macs"], baseline))
+    for d in _datasets(r.dataset for r in measured if r.task == "knn"):
+        tables.append(width_table(f"knn-{d}", f"kNN top-1 (%) on {d} per width (k=20, T=0.07)", pairs,
+                                  ("knn", d), "knn20_top1", baseline))
     if any(r.task == "coco" for r in measured):
         tables.append(row_table("table5-coco", "COCO detection and segmentation (Table 5 layout)", pairs,
                                 [(("coco", ""), m, name) for m, name in COCO_COLUMNS],

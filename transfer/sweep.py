@@ -5,21 +5,23 @@
 [--partition P --gpus-per-job G --cpus-per-gpu C ...]``
 
 Every job is planned as data before anything is submitted: the task's own command-line parser turns the
-sweep's arguments (with ``--linear-args`` / ``--detection-args``) into a validated :class:`us3l.jobs.JobSpec`,
-and submitit pickles the task's ``run_job`` with that spec; the job's log prints the equivalent command
-line. A job whose spec already has a record (same identity, status ok) is not submitted again; any changed
-hyper-parameter or override makes another spec, so another run and record. Widths cross as numbers.
+sweep's arguments (with ``--linear-args`` / ``--knn-args`` / ``--detection-args``) into a validated
+:class:`us3l.jobs.JobSpec`, and submitit pickles the task's ``run_job`` with that spec; the job's log prints the
+equivalent command line. A job whose spec already has a record (same identity, status ok) is not submitted
+again; any changed hyper-parameter or override makes another spec, so another run and record. Widths cross as
+numbers.
 ``--trials N`` runs seeds S..S+N-1 (default 0..N-1) as separate jobs and records. ``--random-init`` adds the
 same jobs from random initialisation of the checkpoint's architecture (the reference).
 
 Jobs run on GPUs: a detection job gets ``--gpus-per-job`` GPUs (default 1 on Slurm, and locally when CUDA
-is visible) and a linear job one, each with ``--cpus-per-gpu`` CPUs per GPU; they run on CPU only with
+is visible) and a linear or kNN job one, each with ``--cpus-per-gpu`` CPUs per GPU; they run on CPU only with
 ``--device cpu``, which every job is given. A non-demo sweep whose jobs would find no CUDA device stops
 before submitting anything (exit status 2).
 
 On Slurm, the detection jobs go in one job array and the linear jobs in another (an array's jobs share one
 resource request); a preempted or timed-out job checkpoints through submitit and is requeued (detection
-jobs then continue from their last checkpoint; linear jobs re-read their cached features). While it waits
+jobs then continue from their last checkpoint; linear jobs resume their classifier's per-epoch state and re-read
+their cached features). While it waits
 the sweep shows a status table; a failed job is reported with its log path while the others go on.
 Exit status: 0 when every job has a result, 1 when some failed, 2 for bad input.
 """
@@ -49,6 +51,7 @@ from us3l.jobs import JobSpec, command_line, read_records
 from .suites import Suite, SuiteError, load_suite, suite_jobs
 
 DETECTION_TASKS = ("voc", "coco")
+RECOGNITION_TASKS = ("linear", "knn")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -58,37 +61,46 @@ class UsageError(ValueError):
 
 @dataclass(frozen=True)
 class Task:
-    """One task of a sweep: ``voc``, ``coco`` or ``linear:<dataset>``."""
+    """One task of a sweep: ``voc``, ``coco``, ``linear:<dataset>``, ``linear+augment:<dataset>`` (``--augment``:
+    crops and flips through the backbone every epoch) or ``knn:<dataset>``; the dataset is a name or
+    ``imagefolder:PATH``."""
 
     name: str
     kind: str
     dataset: str | None = None
+    augment: bool = False
 
     @property
     def module(self) -> str:
         """The program that runs it: its ``make_job(argv, ck)`` plans a job, its ``run_job(spec, run)`` runs one."""
-        return "transfer.linear" if self.kind == "linear" else "detection.train"
+        return {"linear": "transfer.linear", "knn": "transfer.knn"}.get(self.kind, "detection.train")
 
     @property
     def group(self) -> str:
-        """The resource group (one Slurm array each): ``detection`` or ``linear``."""
-        return "linear" if self.kind == "linear" else "detection"
+        """The resource group (one Slurm array each): ``detection`` or ``linear`` (linear and kNN jobs)."""
+        return "linear" if self.kind in RECOGNITION_TASKS else "detection"
 
 
 def parse_tasks(text: str) -> list[Task]:
-    """``voc,coco,linear:cifar100`` -> tasks (``UsageError`` naming the accepted forms)."""
-    from .datasets import SPECS
+    """``voc,coco,linear:cifar100,linear+augment:cifar10,knn:imagefolder:/data/x`` -> tasks (``UsageError`` naming
+    the accepted forms)."""
+    from .datasets import SPECS, spec
 
     tasks = []
     for name in (t.strip() for t in text.split(",")):
-        kind, _, dataset = name.partition(":")
-        if kind in DETECTION_TASKS and not dataset:
+        head, _, dataset = name.partition(":")
+        kind, plus, option = head.partition("+")
+        try:
+            known = bool(dataset) and bool(spec(dataset))
+        except ValueError:
+            known = False
+        if kind in DETECTION_TASKS and not dataset and not plus:
             tasks.append(Task(name, kind))
-        elif kind == "linear" and dataset in SPECS:
-            tasks.append(Task(name, kind, dataset))
+        elif kind in RECOGNITION_TASKS and known and (not plus or (kind, option) == ("linear", "augment")):
+            tasks.append(Task(name, kind, dataset, augment=bool(plus)))
         else:
-            raise UsageError(f"unknown task {name!r}; expected voc, coco or linear:DATASET with DATASET one of "
-                             f"{', '.join(SPECS)}")
+            raise UsageError(f"unknown task {name!r}; expected voc, coco, linear:DATASET, linear+augment:DATASET or "
+                             f"knn:DATASET with DATASET one of {', '.join(SPECS)} or imagefolder:PATH")
     if len(set(tasks)) != len(tasks):
         raise UsageError(f"--tasks lists a task twice: {text}")
     return tasks
@@ -183,6 +195,7 @@ class SweepConfig:
     timeout_min: int = 24 * 60
     max_parallel: int | None = None
     linear_args: list[str] = field(default_factory=list)
+    knn_args: list[str] = field(default_factory=list)
     detection_args: list[str] = field(default_factory=list)
     slurm_extra: dict[str, str] = field(default_factory=dict)
     poll_s: float = 5.0
@@ -240,8 +253,11 @@ def job_argv(cfg: SweepConfig, cell: Cell, seed: int, gpus: int) -> list[str]:
     common = ["--checkpoint", str(Path(cell.checkpoint).resolve()), "--width", repr(float(cell.width)),
               "--seed", str(seed), "--results", str(Path(cfg.results).resolve()), "--device", cfg.device,
               *(["--demo"] if cfg.demo else []), *(["--random-init"] if cell.random_init else [])]
+    if cell.task.kind == "knn":
+        return ["--dataset", cell.task.dataset, *common, *cfg.knn_args]
     if cell.task.kind == "linear":
-        return ["--dataset", cell.task.dataset, *common, *cfg.linear_args]
+        return ["--dataset", cell.task.dataset, *common, *(["--augment"] if cell.task.augment else []),
+                *cfg.linear_args]
     gpus_arg = ["--num-gpus", str(gpus)] if gpus > 1 else []
     return ["--task", cell.task.kind, *common, "--output", str(Path(cfg.output).resolve() / "detection"), *gpus_arg,
             *cfg.detection_args]
@@ -250,7 +266,8 @@ def job_argv(cfg: SweepConfig, cell: Cell, seed: int, gpus: int) -> list[str]:
 def plan(cfg: SweepConfig, cells: list[Cell], gpus: int) -> list[Planned]:
     """Every job of ``cells`` at every seed, each spec built and validated by its task's own parser (``UsageError``
     naming the job otherwise); detection jobs use ``gpus`` GPUs. Jobs with one identity are planned once."""
-    for name, extra in (("linear-args", cfg.linear_args), ("detection-args", cfg.detection_args)):
+    for name, extra in (("linear-args", cfg.linear_args), ("knn-args", cfg.knn_args),
+                        ("detection-args", cfg.detection_args)):
         taken = sorted({a.split("=", 1)[0] for a in extra} & SWEEP_FLAGS)
         if taken:
             raise UsageError(f"--{name} sets {', '.join(taken)}, which the sweep sets for every job "
@@ -305,9 +322,9 @@ class Sweep:
     def __init__(self, cfg: SweepConfig, out: Callable[[str], None] = print) -> None:
         self.cfg, self.out = cfg, out
         if cfg.demo:
-            from .datasets import SPECS
+            from .datasets import spec
 
-            real = [t.name for t in cfg.tasks if t.kind == "linear" and not SPECS[t.dataset].demo]
+            real = [t.name for t in cfg.tasks if t.kind in RECOGNITION_TASKS and not spec(t.dataset).demo]
             if real:
                 raise UsageError(f"--demo runs on the built-in data; {', '.join(real)} is a real dataset "
                                  f"(use linear:shapes, or drop --demo)")
@@ -481,7 +498,8 @@ def _squeue_states() -> dict[str, str]:
 def parse_args(argv: list[str] | None) -> SweepConfig:
     p = argparse.ArgumentParser(prog="python -m transfer.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", help="slimmable backbone checkpoint (or --suite)")
-    p.add_argument("--tasks", help="comma-separated: voc, coco, linear:DATASET (or --suite)")
+    p.add_argument("--tasks", help="comma-separated: voc, coco, linear:DATASET, linear+augment:DATASET, knn:DATASET "
+                                   "(DATASET: a name or imagefolder:PATH) (or --suite)")
     p.add_argument("--widths", default="1.0,0.75,0.5,0.25")
     p.add_argument("--suite", help="suite file (suites/*.yaml): its methods' checkpoints, tasks and widths")
     p.add_argument("--output-root", default="output", help="what $OUTPUT stands for in the suite (default output)")
@@ -504,6 +522,7 @@ def parse_args(argv: list[str] | None) -> SweepConfig:
     p.add_argument("--timeout-min", type=int, default=24 * 60, help="time limit per job (requeued on timeout)")
     p.add_argument("--max-parallel", type=int, help="jobs running at once (local default 1, Slurm 256)")
     p.add_argument("--linear-args", default="", help="extra arguments of every linear job, e.g. '--epochs 50'")
+    p.add_argument("--knn-args", default="", help="extra arguments of every kNN job, e.g. '--k 10,20'")
     p.add_argument("--detection-args", default="", help="extra arguments of every detection job")
     p.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
                    help="additional sbatch option, e.g. qos=high or account=vision (repeatable)")
@@ -545,7 +564,8 @@ def parse_args(argv: list[str] | None) -> SweepConfig:
                        demo=a.demo, device=a.device, partition=a.partition,
                        gpus_per_job=a.gpus_per_job, cpus_per_gpu=a.cpus_per_gpu, cpus_per_job=a.cpus_per_job,
                        mem_gb=a.mem_gb, timeout_min=a.timeout_min, max_parallel=a.max_parallel,
-                       linear_args=shlex.split(a.linear_args), detection_args=shlex.split(a.detection_args),
+                       linear_args=shlex.split(a.linear_args), knn_args=shlex.split(a.knn_args),
+                       detection_args=shlex.split(a.detection_args),
                        slurm_extra=extra, poll_s=a.poll_s)
 
 
