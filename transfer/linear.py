@@ -36,6 +36,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
@@ -171,8 +172,10 @@ def fit_linear(batches: Batches, dim: int, classes: int, protocol: Protocol, dev
         if saved.get("job") == job:
             start = saved["epoch"]
             clf.load_state_dict(saved["classifier"])
-            for _ in range(start):  # the schedule's own arithmetic, as in the uninterrupted run
-                sched.step()
+            with warnings.catch_warnings():  # stepping the schedule before the optimizer is the point here
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(start):  # the schedule's own arithmetic, as in the uninterrupted run
+                    sched.step()
             opt.load_state_dict(saved["optimizer"])
     model = clf if ddp.world == 1 else DistributedDataParallel(clf, device_ids=[device] if device.type == "cuda"
                                                               else None)
@@ -317,9 +320,9 @@ class Evaluation:
             torch.manual_seed(self.spec.seed)
             return USResNet(self.ck.arch, stem=self.ck.stem, num_classes=0, width_range=self.ck.width_range)
 
-    def backbone(self) -> nn.Module:
-        """The exported backbone at the width, BatchNorm calibrated on the training split (built once; in a
-        torchrun job every process holds process 0's)."""
+    def backbone(self, synced: bool = False) -> nn.Module:
+        """The exported backbone at the width, BatchNorm calibrated on the training split (built once). ``synced``
+        (called by every process of a torchrun job together): every process then holds process 0's."""
         if self._backbone is None:
             model = self.model().to(self.device)
             gen = torch.Generator().manual_seed(self.spec.seed)
@@ -327,9 +330,9 @@ class Evaluation:
                                 num_workers=self.workers, generator=gen)
             us3l.calibrate_bn(model, self.width, loader, self.calibration["batches"], self.device)
             self._backbone = us3l.export_subnet(model, self.width).eval()
-            if self.ddp.world > 1:
-                for t in self._backbone.state_dict().values():
-                    dist.broadcast(t, 0)
+        if synced and self.ddp.world > 1:
+            for t in self._backbone.state_dict().values():
+                dist.broadcast(t, 0)
         return self._backbone
 
     def features(self, split: str) -> Features:
@@ -356,7 +359,7 @@ class Evaluation:
             return cached_batches(self.shared_features("train"), protocol, self.device, self.ddp)
         transform = D.augment_transform(self.ck.stem, self.image_size, self.spec.dataset)
         data = D.build_dataset(self.spec.dataset, "train", transform, self.root)
-        return backbone_batches(self.backbone(), data, protocol, self.device, self.workers, self.ddp)
+        return backbone_batches(self.backbone(synced=True), data, protocol, self.device, self.workers, self.ddp)
 
     def state_path(self) -> Path:
         run_dir = self.run_settings.run_dir or Path(self.run_settings.results).parent / "runs" / "linear" / self.spec.id
