@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from real_layouts import write_checkpoint
 
 import us3l
 from pretrain.__main__ import main as pretrain_main
+from transfer import knn, linear
 from transfer.datasets import DatasetMissing, build_dataset, num_classes
 from us3l.data import DatasetMissingError, build_pretrain_dataset
+from us3l.jobs import read_records
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CLASSES = ("cats", "dogs", "owls")
@@ -70,3 +73,26 @@ def test_pretraining_on_an_image_folder(tmp_path):
     assert pretrain_main(["--config", str(cfg), f"output_dir={tmp_path / 'out'}"]) == 0
     ck = us3l.load_checkpoint(tmp_path / "out" / "mine" / "backbone.pth")
     assert ck.provenance["dataset"] == f"imagefolder:{folder}" and ck.provenance["images_seen"] == 12
+
+
+def test_linear_and_knn_on_an_image_folder(tmp_path, capsys):
+    folder = write_folder(tmp_path / "mine", {"train": 10, "val": 4})
+    ckpt = write_checkpoint(tmp_path / "ck.pth")  # CIFAR stem: evaluated at 32 px
+    common = ["--dataset", f"imagefolder:{folder}", "--checkpoint", str(ckpt), "--width", "0.5", "--results",
+              str(tmp_path / "r"), "--device", "cpu", "--calib-batches", "1"]
+    assert linear.main([*common, "--epochs", "30", "--lr", "0.1"]) == 0
+    assert knn.main(common) == 0
+    recs = {r["spec"]["task"]: r for r in read_records(tmp_path / "r")}
+    assert sorted(recs) == ["knn", "linear"]
+    for r in recs.values():
+        assert r["spec"]["dataset"] == f"imagefolder:{folder}" and r["provenance"]["data"]["num_classes"] == 3
+        assert (r["provenance"]["data"]["train_size"], r["provenance"]["data"]["test_size"]) == (30, 12)
+    assert recs["knn"]["metrics"]["knn20_top1"] == 100.0  # one flat colour per class
+    assert recs["linear"]["metrics"]["top1"] > 60
+    # a bad folder: one line, exit 2, nothing written
+    capsys.readouterr()
+    bad = [*common]
+    bad[1], bad[bad.index("--results") + 1] = f"imagefolder:{tmp_path / 'nope'}", str(tmp_path / "r2")
+    assert knn.main(bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a folder" in err and len(err.splitlines()) == 1 and not (tmp_path / "r2").exists()

@@ -266,3 +266,20 @@ def test_demo_shapes_is_tagged_demo(tmp_path):
     rec = json.loads(next((tmp_path / "r").glob("*.json")).read_text())
     assert rec["spec"]["demo"] is True and rec["spec"]["dataset"] == "shapes" and rec["cost"]["input_size"] == 32
     assert rec["provenance"]["data"]["num_classes"] == 6
+
+
+def test_input_size_follows_the_pretraining_size_unless_overridden(setup, tmp_path):
+    root, _ = setup
+    ckpt = us3l.save_checkpoint(tmp_path / "ck32.pth", us3l.models.us_resnet18(num_classes=0), method="test",
+                                config={}, provenance={"image_size": 32})  # ImageNet stem, pretrained at 32 px
+    results = tmp_path / "r"
+    base = _argv(root, ckpt, "0.25", "--epochs", "1", "--calib-batches", "1")
+    base[base.index("--results") + 1] = str(results)
+    assert linear.main(base) == 0
+    assert linear.main([*base, "--image-size", "224"]) == 0
+    by_size = {r["spec"]["protocol"]["image_size"]: r for r in read_records(results)}
+    assert sorted(by_size) == [32, 224]
+    assert [by_size[s]["cost"]["input_size"] for s in (32, 224)] == [32, 224]
+    assert "CenterCrop(size=(32, 32))" in by_size[32]["provenance"]["data"]["transform"]
+    assert "Resize(size=256" in by_size[224]["provenance"]["data"]["transform"]
+    assert by_size[224]["cost"]["backbone_macs"] > 40 * by_size[32]["cost"]["backbone_macs"]

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from us3l.checkpoint import atomic_torch_save
+from us3l.jobs import dataset_slug
 
 CACHE_VERSION = 1
 
@@ -41,7 +42,7 @@ def cache_key(**fields: Any) -> dict[str, Any]:
 def cache_path(cache_dir: str | os.PathLike, key: dict[str, Any]) -> Path:
     """Where the entry of ``key`` lives: ``<dataset>-<split>-w<width>-<digest>.pt``."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return Path(cache_dir) / f"{key['dataset']}-{key['split']}-w{float(key['width']):.4f}-{digest}.pt"
+    return Path(cache_dir) / f"{dataset_slug(key['dataset'])}-{key['split']}-w{float(key['width']):.4f}-{digest}.pt"
 
 
 def load_cached(cache_dir: str | os.PathLike, key: dict[str, Any]) -> Features | None:
