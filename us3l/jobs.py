@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -246,9 +247,16 @@ def make_record(spec: JobSpec, *, metrics: Mapping[str, float], cost: Mapping[st
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+def dataset_slug(dataset: str) -> str:
+    """``dataset`` as part of a file name: ``imagefolder:/data/birds`` -> ``imagefolder-birds`` (names unchanged)."""
+    kind, _, path = dataset.partition(":")
+    text = f"{kind}-{Path(path).name}" if path else kind
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
 def record_name(spec: Mapping[str, Any]) -> str:
-    """File name of the record of a canonical spec: ``<task>-<dataset>-w<width>-<id>.json``."""
-    return f"{spec['task']}-{spec['dataset']}-w{float(spec['width']):.4f}-{spec_id(spec)}.json"
+    """File name of the record of a canonical spec: ``<task>-<dataset slug>-w<width>-<id>.json``."""
+    return f"{spec['task']}-{dataset_slug(spec['dataset'])}-w{float(spec['width']):.4f}-{spec_id(spec)}.json"
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
