@@ -39,3 +39,34 @@ def test_scale_invariance_and_top1_keys():
     assert acc == {"knn1_top1": 100.0, "knn20_top1": 100.0}
     with pytest.raises(ValueError, match="k >= 1"):
         knn_predict(x, y, x, k=0)
+
+
+def test_cli_shares_linears_feature_cache_and_sweeps_plan_knn_and_augment(tmp_path):
+    from real_layouts import write_checkpoint, write_cifar10
+
+    from transfer import knn, linear
+    from transfer.sweep import UsageError, grid_cells, parse_args, parse_tasks, plan
+    from us3l.jobs import read_records
+
+    write_cifar10(tmp_path / "data", n_train=60, n_test=30)
+    ckpt = write_checkpoint(tmp_path / "ck.pth")
+    common = ["--dataset", "cifar10", "--checkpoint", str(ckpt), "--width", "0.25", "--results", str(tmp_path / "r"),
+              "--data-root", str(tmp_path / "data"), "--device", "cpu", "--calib-batches", "1"]
+    assert linear.main([*common, "--epochs", "1"]) == 0
+    entries = sorted((tmp_path / "cache").rglob("*.pt"))
+    assert knn.main(common) == 0
+    assert sorted((tmp_path / "cache").rglob("*.pt")) == entries  # read linear's features, extracted nothing
+    [rec] = [r for r in read_records(tmp_path / "r") if r["spec"]["task"] == "knn"]
+    assert set(rec["metrics"]) == {"knn20_top1", "knn200_top1"} and rec["spec"]["protocol"]["ks"] == [20, 200]
+    assert rec["spec"]["protocol"]["temperature"] == 0.07 and rec["cost"]["input_size"] == 32
+    cfg = parse_args(["--checkpoint", str(ckpt), "--tasks", "knn:cifar10,linear:cifar10,linear+augment:cifar10",
+                      "--widths", "0.25", "--results", str(tmp_path / "r"), "--output", str(tmp_path / "o"),
+                      "--device", "cpu", "--linear-args", f"--data-root {tmp_path / 'data'}",
+                      "--knn-args", f"--data-root {tmp_path / 'data'} --k 5"])
+    jobs = {p.task.name: p.spec for p in plan(cfg, grid_cells(cfg), 0)}
+    assert jobs["knn:cifar10"].task == "knn" and jobs["knn:cifar10"].protocol["ks"] == [5]
+    assert jobs["linear:cifar10"].protocol["augment"] is False
+    assert jobs["linear+augment:cifar10"].protocol["augment"] is True
+    with pytest.raises(UsageError, match="linear\\+augment:DATASET"):
+        parse_tasks("knn+augment:cifar10")
+    assert parse_tasks("knn:imagefolder:/data/birds")[0].dataset == "imagefolder:/data/birds"

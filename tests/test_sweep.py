@@ -21,7 +21,7 @@ from us3l.jobs import make_record, read_records, write_record
 def test_parse_tasks_and_widths():
     assert parse_tasks("voc,coco,linear:cifar100") == [Task("voc", "voc"), Task("coco", "coco"),
                                                        Task("linear:cifar100", "linear", "cifar100")]
-    for bad in ("linear:imagenet", "segmentation", "linear", "voc,voc"):
+    for bad in ("linear:mnist", "knn+augment:cifar10", "segmentation", "linear", "voc,voc"):
         with pytest.raises(sweep.UsageError):
             parse_tasks(bad)
     assert parse_widths("1.0,0.75,0.5,0.25") == [1.0, 0.75, 0.5, 0.25]
@@ -105,7 +105,7 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert sweep.main([*base, "--tasks", "linear:cifar10", "--demo"]) == 2
     assert "linear:shapes" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        sweep.main([*base, "--tasks", "linear:imagenet"])
+        sweep.main([*base, "--tasks", "linear:mnist"])
     assert e.value.code == 2 and "linear:DATASET" in capsys.readouterr().err
     assert sweep.main([*base, "--tasks", "voc", "--device", "cpu", "--gpus-per-job", "1"]) == 2
     assert "--gpus-per-job 1 with --device cpu" in capsys.readouterr().err
