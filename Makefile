@@ -41,7 +41,7 @@ else
 LAUNCH := $(PYTHON) -m torch.distributed.run --standalone --nproc_per_node=$(GPUS) -m
 endif
 
-.PHONY: install check-python test lint pretrain pretrain-widths voc coco linear sweep plot demo clean
+.PHONY: install check-python test lint pretrain pretrain-widths voc coco linear knn linear-imagenet sweep plot demo clean
 
 ifeq ($(PYTHON),$(DEFAULT_PYTHON))
 install: $(STAMP)
@@ -89,6 +89,16 @@ linear: install
 	  --width $(WIDTH) --device $(DEVICE) --results $(RESULTS) $(SEED_FLAG) $(DEMO_FLAG) $(ARGS)
 
 # SUITE=suites/X.yaml: the suite's methods, checkpoints, tasks and widths (instead of CKPT/TASKS/WIDTHS).
+# kNN top-1 (k=20, 200) at one width, from the cached features: seconds per width.
+knn: install
+	$(PYTHON) -m transfer.knn --dataset $(if $(filter 1,$(DEMO)),shapes,$(DATASET)) --checkpoint $(CKPT) \
+	  --width $(WIDTH) --device $(DEVICE) --results $(RESULTS) $(SEED_FLAG) $(DEMO_FLAG) $(ARGS)
+
+# ImageNet linear evaluation (SimSiam's protocol: LARS, batch 4096, 90 epochs) on GPUS processes; resumes.
+linear-imagenet: install
+	$(LAUNCH) transfer.linear --dataset imagenet --checkpoint $(CKPT) --width $(WIDTH) --device $(DEVICE) \
+	  --results $(RESULTS) $(SEED_FLAG) $(ARGS)
+
 sweep: install
 	$(PYTHON) -m transfer.sweep $(if $(SUITE),--suite $(SUITE) --output-root $(OUTPUT),--checkpoint $(CKPT) \
 	  --tasks $(TASKS) --widths $(WIDTHS)) --executor $(EXECUTOR) --device $(DEVICE) \

@@ -42,14 +42,15 @@ def main() -> None:
                                     config={}, provenance={})
     ck = us3l.load_checkpoint(ckpt)
     root = a.data_root or D.default_data_root()
-    tf = D.eval_transform(ck.stem, "shapes")
+    size = D.input_size(ck, "shapes")
+    tf = D.eval_transform(size, "shapes")
     train = Subset(D.build_dataset("shapes", "train", tf, root), range(a.train_size))
     test = D.build_dataset("shapes", "test", tf, root)
     protocol = Protocol(epochs=a.epochs)
     dev = torch.device("cpu")
     widths = [round(0.25 + i * 0.75 / 8, 5) for i in range(9)]
     print(f"checkpoint {ckpt} ({ck.arch}, {ck.stem} stem); shapes {len(train)} train / {len(test)} test at "
-          f"{D.input_size(ck.stem, 'shapes')} px; {protocol.epochs} epochs; torch threads {torch.get_num_threads()}")
+          f"{size} px; {protocol.epochs} epochs; torch threads {torch.get_num_threads()}")
     print(f"{'width':>7} {'cached s':>9} {'backbone s':>11} {'ratio':>6} {'top1 cached':>12} {'top1 backbone':>14}")
     total_c = total_b = 0.0
     gaps = []
