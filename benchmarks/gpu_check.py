@@ -34,8 +34,10 @@ from real_layouts import write_cifar10, write_imagenet, write_voc  # noqa: E402
 CONFIG = ROOT / "pretrain" / "configs" / "imagenet_r50.yaml"
 # Only sizes change between the modes.
 SIZES = {
-    "gpu": {"pretrain": ["iterations=30", "log_every=10", "num_workers=8"], "images_per_class": 3840,
-            "det_iters": 50, "det_sizes": [], "linear": ["--epochs", "10"], "cifar": (2000, 500)},
+    "gpu": {"pretrain": ["iterations=30", "log_every=10", "num_workers=12"], "images_per_class": 3840,
+            "det_iters": 50, "det_sizes": ["SOLVER.IMS_PER_BATCH", "8", "SOLVER.REFERENCE_WORLD_SIZE", "0",
+                                            "TEST.PRECISE_BN.NUM_ITER", "20"],
+            "linear": ["--epochs", "10"], "cifar": (2000, 500)},
     "cpu": {"pretrain": ["iterations=2", "log_every=1", "num_workers=0", "batch_size=4", "image_size=32",
                          "device=cpu"],
             "images_per_class": 8, "det_iters": 4,
@@ -139,22 +141,27 @@ def main(argv: list[str] | None = None) -> int:
     write_voc(work / "data")
     n_train, n_test = SIZES[mode]["cifar"]
     write_cifar10(work / "data", n_train=n_train, n_test=n_test)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DETECTRON2_DATASETS": str(work / "data"),
-           "DATA_ROOT": str(work / "data")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "DETECTRON2_DATASETS": str(work / "data"), "DATA_ROOT": str(work / "data")}
+    report: dict[str, Any] = {"mode": mode, "device": torch.cuda.get_device_name(0) if mode == "gpu" else "cpu",
+                              "torch": torch.__version__, "pretrain": [], "detection": []}
+
+    def save() -> None:  # after every step, so a run cut short still leaves its figures
+        report["wall_s"] = time.perf_counter() - start
+        (work / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+
     # "config": the US3L preset the real config names
-    runs = [pretrain(mode, work, env, preset, cl) for preset, cl in (("config", False), ("config", True),
-                                                                      ("simclr", False))]
-    checkpoint = runs[0]["checkpoint"]
-    report = {
-        "mode": mode, "device": torch.cuda.get_device_name(0) if mode == "gpu" else "cpu",
-        "torch": torch.__version__, "pretrain": runs,
-        "us3l_over_simclr_img_s": runs[0]["images_per_s"] / runs[2]["images_per_s"],
-        "channels_last_speedup": runs[1]["images_per_s"] / runs[0]["images_per_s"],
-        "detection": [detection(mode, work, env, checkpoint, w) for w in (1.0, 0.25)],
-        "linear": linear(mode, work, env, checkpoint),
-    }
-    report["wall_s"] = time.perf_counter() - start
-    (work / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    for preset, cl in (("config", False), ("config", True), ("simclr", False)):
+        report["pretrain"].append(pretrain(mode, work, env, preset, cl))
+        save()
+    runs = report["pretrain"]
+    report["us3l_over_simclr_img_s"] = runs[0]["images_per_s"] / runs[2]["images_per_s"]
+    report["channels_last_speedup"] = runs[1]["images_per_s"] / runs[0]["images_per_s"]
+    for w in (1.0, 0.25):
+        report["detection"].append(detection(mode, work, env, runs[0]["checkpoint"], w))
+        save()
+    report["linear"] = linear(mode, work, env, runs[0]["checkpoint"])
+    save()
     (work / "gpu_check.md").write_text(markdown(report))
     print(markdown(report))
     return 0 if all(r["loss_finite"] for r in runs) else 1
