@@ -110,9 +110,14 @@ plot: install
 	$(PYTHON) -m transfer.plot $(RESULTS) -o $(PLOTS) $(if $(SUITE),--suite $(SUITE) --output-root $(OUTPUT)) \
 	  $(if $(BASELINE),--baseline "$(BASELINE)") $(if $(X),--x $(X))
 
+# The whole pipeline on the built-in data at CPU scale: US3L and a BYOL baseline (1.0, 0.5) pretrained;
+# VOC and COCO detection at 1.0 and 0.25; linear probes of US3L, BYOL and random initialisation (the
+# reference that shows whether pretraining helped) at every width; plots and tables.
 demo: install
 	$(MAKE) pretrain DEMO=1
-	$(MAKE) sweep DEMO=1 WIDTHS=1.0,0.75,0.5,0.25
+	$(MAKE) pretrain-widths DEMO=1 PRETRAIN_CONFIG=pretrain/configs/demo_shapes_byol.yaml WIDTHS=1.0,0.5
+	$(MAKE) sweep DEMO=1 TASKS=voc,coco WIDTHS=1.0,0.25
+	$(MAKE) sweep DEMO=1 SUITE=suites/demo.yaml
 	$(MAKE) plot DEMO=1
 
 clean:
