@@ -116,8 +116,8 @@ plot: install
 demo: install
 	$(MAKE) pretrain DEMO=1
 	$(MAKE) pretrain-widths DEMO=1 PRETRAIN_CONFIG=pretrain/configs/demo_shapes_byol.yaml WIDTHS=1.0,0.5
-	$(MAKE) sweep DEMO=1 TASKS=voc,coco WIDTHS=1.0,0.25
-	$(MAKE) sweep DEMO=1 SUITE=suites/demo.yaml
+	$(MAKE) sweep DEMO=1 TASKS=voc,coco WIDTHS=1.0,0.25 ARGS="--max-parallel 2 --cpus-per-job 1"
+	$(MAKE) sweep DEMO=1 SUITE=suites/demo.yaml ARGS="--max-parallel 2 --cpus-per-job 1"
 	$(MAKE) plot DEMO=1
 
 clean:
