@@ -404,7 +404,7 @@ def build_figure(spec: FigureSpec):
             ax.set_ylabel("top-1 (%)" if panel.metric == "top1" else panel.metric)
             ax.grid(alpha=0.3)
         axes[0][col].set_title(panel.title + (" - DEMO DATA" if spec.demo else ""))
-    ncol = min(3, max(1, len(handles)))
+    ncol = max(1, min(3, len(axes[0]), len(handles)))  # a one-panel-wide figure gets a one-column legend
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol, fontsize=8)
     rows = math.ceil(len(handles) / ncol)
     fig.tight_layout(rect=(0, min(0.5, (0.35 + 0.22 * rows) / fig.get_figheight()), 1, 1))
