@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
-from .train import TrainingDiverged, train
+from .config import load_config
+from .train import exit_status, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,16 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="YAML file, e.g. pretrain/configs/demo_shapes.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. batch_size=64")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        train(cfg, Path(args.config).stem)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(lambda: train(load_config(args.config, args.overrides), Path(args.config).stem))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, PretrainConfig, build_config, load_config, parse_value
-from .train import TrainingDiverged, train
+from .train import exit_status, train
 
 PAPER_WIDTHS = (1.0, 0.75, 0.5, 0.25)
 
@@ -57,18 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. batch_size=64")
     args = parser.parse_args(argv)
     stem = Path(args.config).stem
-    try:
-        configs = width_configs(args.config, args.overrides, parse_widths(args.widths))
-        for cfg in configs:
+    def run() -> None:
+        for cfg in width_configs(args.config, args.overrides, parse_widths(args.widths)):
             path = train(cfg, run_name(stem, cfg.objective().width))
             print(f"width {cfg.objective().width:g}: {path}")
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import resource
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,20 @@ from .state import load_state, restore_scaler, save_state, set_rng_state
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite (exit status 1; the last good checkpoint is kept)."""
+
+
+def exit_status(run: Callable[[], object]) -> int:
+    """Run a program's work: 0 when it finishes; a bad configuration prints one line and gives 2, a
+    diverged run (the last good checkpoint kept) one line and 1."""
+    try:
+        run()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 class GlobalBatches(Sampler[list[int]]):
