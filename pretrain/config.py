@@ -2,6 +2,10 @@
 
 Keys are the program's own (:class:`PretrainConfig`) and the objective's switches (``us3l.ssl.SSLConfig``
 fields); a preset sets the switches' defaults, the file and the command line override them.
+
+A file may name one base, ``_base_: other.yaml`` (relative to the file), loaded first and recursively;
+the file's keys then replace the base's (keys are flat, a list such as ``width_range`` is replaced whole),
+and ``key=value`` overrides come last. Every runnable config still names its ``preset``.
 """
 
 from __future__ import annotations
@@ -77,23 +81,44 @@ def parse_value(text: str) -> Any:
         raise ConfigError(f"cannot parse value {text!r}: {e}".replace("\n", " ")) from e
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> PretrainConfig:
-    """Read ``path``, apply ``key=value`` overrides and validate; :class:`ConfigError` otherwise."""
-    path = Path(path)
+BASE_KEY = "_base_"
+
+
+def _read_chain(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The keys of ``path`` over those of its ``_base_`` chain; ``chain`` holds the files that include it."""
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found; pick one of pretrain/configs/*.yaml")
+        where = f" (the {BASE_KEY} of {chain[-1]})" if chain else "; pick one of pretrain/configs/*.yaml"
+        raise ConfigError(f"config file {path} not found{where}")
+    if path.resolve() in {p.resolve() for p in chain}:
+        raise ConfigError(f"{BASE_KEY} cycle in {chain[0]}: {' -> '.join(str(p) for p in (*chain, path))}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}".replace("\n", " ")) from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping of key: value, got {type(raw).__name__}")
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: {BASE_KEY} must be one file name relative to it, got {base!r}")
+    return {**_read_chain(path.parent / base, (*chain, path)), **raw}
+
+
+def load_raw(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+    """The flat mapping of ``path`` resolved through its bases, with ``key=value`` overrides applied."""
+    raw = _read_chain(Path(path))
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value (e.g. batch_size=64)")
         raw[key.strip()] = parse_value(value)
-    return build_config(raw)
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> PretrainConfig:
+    """Read ``path`` (and its bases), apply ``key=value`` overrides and validate; :class:`ConfigError` otherwise."""
+    return build_config(load_raw(path, overrides))
 
 
 def build_config(raw: dict[str, Any]) -> PretrainConfig:

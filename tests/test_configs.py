@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.config import load_config
+from pretrain.config import ConfigError, load_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "pretrain" / "configs").glob("*.yaml"))
 # Table 2 (CIFAR-100) and Table 4 (ImageNet) methods: config stem -> (preset, trained per width).
@@ -44,3 +44,31 @@ def test_every_table_2_and_4_method_has_a_config():
         assert cfg.preset == preset and (cfg.objective().sampler == "single") == per_width
         assert ("pretrain.per_width" in path.read_text()) == per_width
         assert cfg.epochs == (100 if stem.startswith("imagenet") else 400)
+
+
+def test_base_then_file_then_command_line(tmp_path):
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "root.yaml").write_text("arch: resnet18\nlr: 0.1\nbatch_size: 16\nema: 0.9\n")
+    (tmp_path / "common" / "mid.yaml").write_text("_base_: root.yaml\nlr: 0.2\nwidth_range: [0.5, 1.0]\n")
+    (tmp_path / "run.yaml").write_text("_base_: common/mid.yaml\nbatch_size: 32\nwidth_range: [0.25, 0.75]\n")
+    cfg = load_config(tmp_path / "run.yaml", ["batch_size=64"])
+    assert (cfg.arch, cfg.lr, cfg.objective().ema) == ("resnet18", 0.2, 0.9)  # root, mid over root, root's switch
+    assert cfg.batch_size == 64 and cfg.width_range == (0.25, 0.75)  # command line last; a list is replaced whole
+
+
+def test_base_cycle_is_a_one_line_error_naming_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"_base_ cycle in .*a\.yaml: .*a\.yaml -> .*b\.yaml -> .*a\.yaml$"):
+        load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("_base_: gone.yaml\n", r"config file .*gone\.yaml not found \(the _base_ of .*run\.yaml\)$"),
+    ("_base_: [a.yaml, b.yaml]\n", r"run\.yaml: _base_ must be one file name"),
+])
+def test_bad_base_is_a_one_line_error_naming_the_file(tmp_path, text, message):
+    (tmp_path / "run.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(tmp_path / "run.yaml")
+    assert "\n" not in str(e.value)
