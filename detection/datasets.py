@@ -1,4 +1,8 @@
-"""Detection datasets: Detectron2's built-in VOC/COCO names, and the procedural demo sets.
+"""Detection datasets: Detectron2's built-in VOC/COCO names, your own COCO-format sets, the demo sets.
+
+A COCO-format set of your own is named on the command line as ``coco:NAME=ANNOTATIONS.json,IMAGES_DIR``
+(:class:`CocoSet`); it is checked (the annotation file's keys, categories, every image on disk) and
+registered with Detectron2's COCO loader under ``NAME`` in every process that needs it.
 
 ``shapes_voc`` and ``shapes_coco`` are small sets of procedural images (squares, circles, triangles
 on a noisy background) with boxes and polygons, deterministic from a seed. They are written to
@@ -8,13 +12,16 @@ through Detectron2's own VOC and COCO loaders, so the real parsers and evaluator
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree as ET
 
 import numpy as np
@@ -85,6 +92,83 @@ def check_dataset(name: str) -> None:
     if image_root and not Path(image_root).is_dir():
         raise DatasetMissingError(f"COCO-format dataset {name!r}: image folder {image_root} does not exist "
                                   f"(annotations: {json_file}); put the images there")
+
+
+class DatasetSpecError(ValueError):
+    """A ``coco:NAME=ANNOTATIONS.json,IMAGES_DIR`` argument that is malformed or names an unusable set."""
+
+
+COCO_SET_FORM = "coco:NAME=ANNOTATIONS.json,IMAGES_DIR"
+
+
+@dataclass(frozen=True)
+class CocoSet:
+    """A COCO-format detection set on disk, registered with Detectron2 under ``name``."""
+
+    name: str
+    json_file: str
+    image_root: str
+
+    @classmethod
+    def parse(cls, text: str) -> CocoSet:
+        """``coco:NAME=ANNOTATIONS.json,IMAGES_DIR`` (paths made absolute); the files must exist."""
+        kind, _, rest = text.partition(":")
+        name, _, paths = rest.partition("=")
+        json_file, _, image_root = paths.partition(",")
+        if kind != "coco" or not name or not json_file or not image_root or "," in image_root:
+            raise DatasetSpecError(f"dataset {text!r}: expected {COCO_SET_FORM}")
+        if name in BUILTIN_LAYOUT or name.startswith(("shapes_", "coco_20", "voc_20")):
+            raise DatasetSpecError(f"dataset {text!r}: {name!r} is a built-in dataset name; pick another NAME")
+        if not Path(json_file).is_file():
+            raise DatasetMissingError(f"dataset {name!r}: annotation file {json_file} does not exist")
+        if not Path(image_root).is_dir():
+            raise DatasetMissingError(f"dataset {name!r}: image folder {image_root} does not exist")
+        return cls(name, str(Path(json_file).resolve()), str(Path(image_root).resolve()))
+
+    def describe(self) -> dict[str, Any]:
+        """Read the annotation file once: its categories (names in id order), counts, whether it has masks,
+        its sha256; every image it lists must be in the image folder (one-line errors otherwise)."""
+        raw = Path(self.json_file).read_bytes()
+        try:
+            data = json.loads(raw)
+        except ValueError as e:
+            raise DatasetSpecError(f"dataset {self.name!r}: {self.json_file} is not JSON ({e})") from None
+        missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise DatasetSpecError(f"dataset {self.name!r}: {self.json_file} is not a COCO annotation file "
+                                   f"(no {', '.join(repr(k) for k in missing)})")
+        if not data["categories"] or not data["images"]:
+            raise DatasetSpecError(f"dataset {self.name!r}: {self.json_file} lists no "
+                                   f"{'categories' if not data['categories'] else 'images'}")
+        absent = [im["file_name"] for im in data["images"] if not (Path(self.image_root) / im["file_name"]).is_file()]
+        if absent:
+            raise DatasetMissingError(f"dataset {self.name!r}: {len(absent)} of {len(data['images'])} images listed in "
+                                      f"{self.json_file} are not in {self.image_root} (first: {absent[0]})")
+        return {"json": self.json_file, "images": self.image_root,
+                "categories": [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])],
+                "num_images": len(data["images"]), "num_annotations": len(data["annotations"]),
+                "segmentation": any(a.get("segmentation") for a in data["annotations"]),
+                "json_sha256": hashlib.sha256(raw).hexdigest()}
+
+    def register(self) -> None:
+        """Register with Detectron2's COCO loader (once per process; a name taken by another set is refused)."""
+        if self.name in DatasetCatalog.list():
+            meta = MetadataCatalog.get(self.name)
+            if (getattr(meta, "json_file", None), getattr(meta, "image_root", None)) != (self.json_file,
+                                                                                            self.image_root):
+                raise DatasetSpecError(f"dataset name {self.name!r} is already registered with other files; "
+                                       f"pick another NAME")
+            return
+        register_coco_instances(self.name, {}, self.json_file, self.image_root)
+
+
+def register_job_datasets(demo: bool, coco_sets: dict[str, dict[str, Any]], datasets_dir: str) -> None:
+    """Register what a job reads, in the process that runs it: the demo sets (``demo``) and its COCO-format sets
+    (``{split: {"name", "json", "images", ...}}``, as :meth:`CocoSet.describe` described them)."""
+    if demo:
+        register_shapes(datasets_dir)
+    for s in coco_sets.values():
+        CocoSet(s["name"], s["json"], s["images"]).register()
 
 
 def image_files_of(name: str) -> list[str]:

@@ -27,7 +27,7 @@ from detectron2.config import CfgNode, get_cfg
 
 from detection.config import add_us3l_config
 from detection.convert import WeightsError
-from detection.datasets import check_dataset, register_shapes
+from detection.datasets import check_dataset, register_job_datasets
 from us3l.checkpoint import file_sha256
 from us3l.device import resolve_device
 from us3l.jobs import JobSpec
@@ -111,7 +111,8 @@ def eval_protocol(weights: str | os.PathLike, options: dict[str, Any]) -> dict[s
 
 # detection.train's flags that would describe another training, with the argparse attribute each sets.
 TRAINING_FLAGS = {"checkpoint": "--checkpoint", "width": "--width", "random_init": "--random-init", "seed": "--seed",
-                  "resume": "--resume", "run_dir": "--run-dir", "deterministic": "--deterministic"}
+                  "resume": "--resume", "run_dir": "--run-dir", "deterministic": "--deterministic",
+                  "dataset": "--dataset", "test_dataset": "--test-dataset"}
 
 
 def eval_spec(run_dir: Path, cfg: CfgNode, args: argparse.Namespace, options: dict[str, Any]) -> JobSpec:
@@ -142,8 +143,7 @@ def prepare_eval(args: argparse.Namespace) -> tuple[CfgNode, JobSpec, str]:
     cfg, options = eval_config(run_dir, list(args.opts), resolve_device(args.device, allow_cpu=args.demo).type)
     spec = eval_spec(run_dir, cfg, args, options)
     datasets_dir = str(Path(args.output) / "datasets")
-    if spec.demo:
-        register_shapes(datasets_dir)
+    register_job_datasets(spec.demo, spec.protocol.get("coco_sets", {}), datasets_dir)
     for name in cfg.DATASETS.TEST:
         check_dataset(name)
     return cfg, spec, datasets_dir

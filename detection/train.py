@@ -2,7 +2,8 @@
 
 ``python -m detection.train --task voc|coco (--checkpoint CKPT --width W | --weights FILE.pkl)
 [--random-init] [--seed N] [--device auto|cuda|cpu] [--num-gpus N] [--deterministic] [--resume] [--demo]
-[--results DIR] [--output DIR] [--run-dir DIR] [KEY VALUE ...]``
+[--dataset coco:NAME=ANNOTATIONS.json,IMAGES_DIR --test-dataset coco:NAME=...] [--results DIR] [--output DIR]
+[--run-dir DIR] [KEY VALUE ...]``
 ``python -m detection.train --task voc|coco --eval-only --weights RUN_DIR/model_final.pth [--demo] [KEY VALUE ...]``
 
 VOC: Faster R-CNN R50-FPN evaluated by Detectron2's ``PascalVOCDetectionEvaluator`` (AP, AP50, AP75).
@@ -17,7 +18,9 @@ including a real (non-demo) run that finds no CUDA device: it runs on CPU only w
 ``SOLVER.AMP.ENABLED`` trains in float16 autocast on CUDA and bfloat16 autocast on CPU; ``SEED`` is
 applied in every process; a resume must keep the run's precision. A NaN or infinite loss or metric ends
 the run with exit status 1 and a failed record. The record carries the whole detector's parameters and
-MACs at the test size beside the backbone's. ``--eval-only`` re-evaluates a finished run's checkpoint with
+MACs at the test size beside the backbone's. ``--dataset``/``--test-dataset`` train and evaluate ``--task coco``
+on your own COCO-format sets (classes from the annotation file; boxes only, Faster R-CNN, when it has no
+segmentation). ``--eval-only`` re-evaluates a finished run's checkpoint with
 test-time overrides only, into a record of its own (:mod:`detection.evaluate`).
 """
 
@@ -64,7 +67,7 @@ from detection.convert import (
     read_weights,
 )
 from detection.cost import detector_params_macs
-from detection.datasets import check_dataset, image_files_of, register_shapes
+from detection.datasets import COCO_SET_FORM, CocoSet, check_dataset, image_files_of, register_job_datasets
 from detection.evaluate import load_detector_weights, prepare_eval
 from detection.hooks import bound_checkpoints
 from us3l.atomic import atomic_path
@@ -221,6 +224,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="deterministic kernels (torch.use_deterministic_algorithms, warning where CUDA has none)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last_checkpoint")
     p.add_argument("--demo", action="store_true", help="procedural demo sets and a CPU-scale schedule")
+    p.add_argument("--dataset", metavar=COCO_SET_FORM, help="--task coco: train on your own COCO-format set")
+    p.add_argument("--test-dataset", metavar=COCO_SET_FORM, help="the COCO-format set to evaluate on (with --dataset)")
     p.add_argument("--eval-only", action="store_true",
                    help="re-evaluate the run of --weights RUN_DIR/model_*.pth (test-time overrides only), one process")
     p.add_argument("--results", default="output/results", help="results directory (one JSON record per run)")
@@ -266,13 +271,54 @@ def check_resume_precision(run_dir: Path, wanted: str) -> None:
 USAGE_ERRORS = (ValueError, FileNotFoundError)  # UsageError, SpecError, CheckpointError, WeightsError, missing data
 
 
+def describe_coco_sets(task: str, train: str | None, test: str | None) -> dict[str, dict[str, Any]]:
+    """``--dataset``/``--test-dataset`` checked and read once: ``{"train": ..., "test": ...}`` (empty without)."""
+    if train is None and test is None:
+        return {}
+    if train is None or test is None:
+        raise UsageError(f"--dataset and --test-dataset go together: give both, each {COCO_SET_FORM}")
+    if task != "coco":
+        raise UsageError("a COCO-format set trains with --task coco (Mask R-CNN, or Faster R-CNN when its "
+                         "annotations have no segmentation)")
+    sets = {"train": CocoSet.parse(train), "test": CocoSet.parse(test)}
+    if sets["train"].name == sets["test"].name:
+        raise UsageError(f"--dataset and --test-dataset are both named {sets['train'].name!r}: name them apart")
+    out = {split: {"name": s.name, **s.describe()} for split, s in sets.items()}
+    if out["train"]["categories"] != out["test"]["categories"]:
+        raise UsageError(f"{sets['train'].name!r} and {sets['test'].name!r} have different categories: "
+                         f"{out['train']['categories']} vs {out['test']['categories']}")
+    return out
+
+
+def apply_coco_sets(cfg: CfgNode, coco_sets: dict[str, dict[str, Any]], overrides: Sequence[str]) -> None:
+    """Point ``cfg`` at the COCO-format sets: datasets, number of classes, masks only if annotated."""
+    explicit = set(overrides[0::2])
+    if explicit & {"DATASETS.TRAIN", "DATASETS.TEST"}:
+        raise UsageError("give your datasets with --dataset/--test-dataset, not DATASETS.TRAIN/TEST overrides")
+    train, test = coco_sets["train"], coco_sets["test"]
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (train["name"],), (test["name"],)
+    classes = len(train["categories"])
+    if "MODEL.ROI_HEADS.NUM_CLASSES" in explicit and cfg.MODEL.ROI_HEADS.NUM_CLASSES != classes:
+        raise UsageError(f"MODEL.ROI_HEADS.NUM_CLASSES {cfg.MODEL.ROI_HEADS.NUM_CLASSES}, but {train['name']!r} "
+                         f"has {classes} categories: drop the override")
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = classes
+    if cfg.MODEL.MASK_ON and not train["segmentation"]:
+        if "MODEL.MASK_ON" in explicit:
+            raise UsageError(f"MODEL.MASK_ON True, but {train['json']} has no segmentation to train masks on")
+        cfg.MODEL.MASK_ON = False
+
+
 def resolve_config(task: str, arch: str, width: float, pixel: tuple[list[float], list[float]], *, demo: bool,
-                   overrides: Sequence[str], seed: int | None, device: str) -> CfgNode:
-    """The run's config: the task's, the overrides, then ``seed`` (``--seed``) as ``SEED`` when given."""
+                   overrides: Sequence[str], seed: int | None, device: str,
+                   coco_sets: dict[str, dict[str, Any]] | None = None) -> CfgNode:
+    """The run's config: the task's, the overrides, your COCO-format sets (:func:`describe_coco_sets`), then
+    ``seed`` (``--seed``) as ``SEED`` when given."""
     try:
         cfg = build_config(task, arch=arch, width=width, demo=demo, opts=list(overrides), device=device, pixel=pixel)
     except KeyError as e:  # yacs: an override of a key the config does not have
         raise UsageError(f"config override: {e.args[0]}") from None
+    if coco_sets:
+        apply_coco_sets(cfg, coco_sets, overrides)
     if seed is not None:
         cfg.SEED = seed
     if cfg.SEED < 0:
@@ -281,9 +327,11 @@ def resolve_config(task: str, arch: str, width: float, pixel: tuple[list[float],
     return cfg
 
 
-def schedule(cfg: CfgNode, *, deterministic: bool, weights_sha256: str | None) -> dict[str, Any]:
-    """The spec's protocol: the schedule's values (for people) and a digest of the whole resolved config less
-    device and output directory (for identity: any change of a config file or override makes another run)."""
+def schedule(cfg: CfgNode, *, deterministic: bool, weights_sha256: str | None,
+             coco_sets: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The spec's protocol: the schedule's values (for people), your COCO-format sets (files, their sha256,
+    categories) and a digest of the whole resolved config less device and output directory (for identity: any
+    change of a config file, annotation file or override makes another run)."""
     resolved = cfg.clone()
     resolved.defrost()
     resolved.MODEL.DEVICE, resolved.OUTPUT_DIR = "", ""
@@ -297,7 +345,8 @@ def schedule(cfg: CfgNode, *, deterministic: bool, weights_sha256: str | None) -
             "calibration_batches": us3l_cfg.CALIBRATION_BATCHES,
             "calibration_batch_size": us3l_cfg.CALIBRATION_BATCH_SIZE, "deterministic": deterministic,
             "weights_sha256": weights_sha256,
-            "config_sha256": hashlib.sha256(resolved.dump().encode()).hexdigest()[:16]}
+            "config_sha256": hashlib.sha256(resolved.dump().encode()).hexdigest()[:16],
+            **({"coco_sets": coco_sets} if coco_sets else {})}
 
 
 @dataclass(frozen=True)
@@ -345,13 +394,15 @@ def make_job(argv: Sequence[str], ck: us3l.BackboneCheckpoint | None = None) -> 
     if args.seed is not None and "SEED" in args.opts[0::2]:
         raise UsageError("the seed is given twice, by --seed and by a SEED override: give it once")
     bb = backbone_of(args, ck)
+    coco_sets = describe_coco_sets(args.task, args.dataset, args.test_dataset)
     cfg = resolve_config(args.task, bb.arch, bb.width, bb.pixel, demo=args.demo, overrides=args.opts,
-                         seed=args.seed, device="cpu")  # the device is the machine's, not the spec's
+                         seed=args.seed, device="cpu", coco_sets=coco_sets)  # the device is the machine's
     if not args.random_init:
         check_norm_loadable(cfg.MODEL.RESNETS.NORM)
     fields = {"task": args.task, "dataset": cfg.DATASETS.TEST[0], "width": bb.width, "seed": cfg.SEED,
               "demo": args.demo, "overrides": args.opts,
-              "protocol": schedule(cfg, deterministic=args.deterministic, weights_sha256=bb.weights_sha256)}
+              "protocol": schedule(cfg, deterministic=args.deterministic, weights_sha256=bb.weights_sha256,
+                                   coco_sets=coco_sets)}
     if bb.ck is not None:
         spec = JobSpec.for_checkpoint(bb.ck, random_init=args.random_init, **fields)
     else:
@@ -393,10 +444,12 @@ def prepare(spec: JobSpec, run: DetectionRun) -> tuple[CfgNode, Job]:
         ck = us3l.load_checkpoint(spec.checkpoint)
         spec.check_checkpoint(ck.sha256)
         arch, pixel = ck.arch, pixel_stats(ck.config)
+    coco_sets = spec.protocol.get("coco_sets", {})
     cfg = resolve_config(spec.task, arch, spec.width, pixel, demo=spec.demo, overrides=spec.overrides,
-                         seed=spec.seed, device=device)
+                         seed=spec.seed, device=device, coco_sets=coco_sets)
     weights_sha256 = us3l.file_sha256(run.weights) if run.weights else None
-    here = schedule(cfg, deterministic=spec.protocol["deterministic"], weights_sha256=weights_sha256)
+    here = schedule(cfg, deterministic=spec.protocol["deterministic"], weights_sha256=weights_sha256,
+                    coco_sets=coco_sets)
     if canonical(here) != canonical(spec.protocol):
         differ = ", ".join(spec_diff(canonical(here), canonical(spec.protocol)))
         raise UsageError(f"the job resolves to another config here than when it was specified ({differ} differ: "
@@ -407,8 +460,7 @@ def prepare(spec: JobSpec, run: DetectionRun) -> tuple[CfgNode, Job]:
     if run.resume:
         check_resume_precision(run_dir, precision(cfg))
     datasets_dir = str(Path(run.output) / "datasets")
-    if spec.demo:
-        register_shapes(datasets_dir)
+    register_job_datasets(spec.demo, coco_sets, datasets_dir)
     for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
         check_dataset(name)
         if name not in DatasetCatalog.list():
@@ -503,8 +555,7 @@ def worker(cfg: CfgNode, job: Job) -> None:
     infinite loss (Detectron2's ``FloatingPointError``) or metric raises ``Diverged``."""
     setup_logger(output=job.run_dir, distributed_rank=comm.get_rank(), name="detectron2")
     setup_logger(output=job.run_dir, distributed_rank=comm.get_rank(), name="us3l")
-    if job.spec.demo:
-        register_shapes(job.datasets_dir)
+    register_job_datasets(job.spec.demo, job.spec.protocol.get("coco_sets", {}), job.datasets_dir)
     seed_all_rng(cfg.SEED + comm.get_rank())  # as Detectron2's default_setup does
     deterministic = job.spec.protocol["deterministic"]
     if deterministic:
@@ -552,8 +603,7 @@ def run_job(spec: JobSpec, run: DetectionRun) -> int:
 def eval_worker(cfg: CfgNode, job: Job) -> None:
     """``--eval-only``: build the run's detector, load ``job.weights`` strictly, evaluate, record."""
     setup_logger(output=job.run_dir, distributed_rank=comm.get_rank(), name="detectron2")
-    if job.spec.demo:
-        register_shapes(job.datasets_dir)
+    register_job_datasets(job.spec.demo, job.spec.protocol.get("coco_sets", {}), job.datasets_dir)
     start = time.time()
     model = Trainer.build_model(cfg)
     load_detector_weights(model, job.weights)
