@@ -158,15 +158,6 @@ def average_gradients(params: list[nn.Parameter]) -> None:
         offset += g.numel()
 
 
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """True on every process if it is true on any."""
-    if not active():
-        return flag
-    t = torch.tensor(float(flag), device=device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
-
-
 def barrier() -> None:
     if active():
         dist.barrier()
