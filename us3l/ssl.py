@@ -1,20 +1,18 @@
-"""One configurable slimmable SSL objective (the switches of US3L's ablation tables) and its named presets.
+"""The slimmable SSL objective: US3L's switches (its ablation tables) over a registered base objective, and presets.
 
 Switches (:class:`SSLConfig`):
-- ``base_loss`` for the base network (the widest trained width):
-  ``infonce``: NT-Xent; with ``momentum_base`` it is US3L's Eq. 2 (each view's online output against
-  the momentum encoder's output of the other view, 2N-2 online and momentum negatives), without it
-  SimCLR's NT-Xent between the two online views. ``infonce_qk``: MoCo's query-key InfoNCE against
-  the momentum keys (N-1 negatives, plus the queue). ``mse``: negative cosine through a predictor
-  (BYOL with ``momentum_base``, SimSiam without: the other view's own projection, detached).
+- ``base_loss``: the registered base objective (:mod:`us3l.objectives`, one file each) of the base
+  network (the widest trained width): ``infonce`` NT-Xent (SimCLR; US3L's Eq. 2 with ``momentum_base``),
+  ``infonce_qk`` MoCo's query-key InfoNCE (plus the queue), ``mse`` negative cosine through a predictor
+  (BYOL with ``momentum_base``, SimSiam without).
 - ``distill_loss`` for the sub-networks: ``none`` (one width), ``own`` (each sub-network trained with
   the base loss on its own outputs, no distillation; the momentum encoder runs at the same width),
   ``mse`` (negative cosine) or ``infonce`` (NT-Xent of student against detached teacher) toward a target.
 - ``aux_head``: ``off`` (sub-networks' projections are distilled directly) | ``shared`` (they go
-  through the base's head: the predictor with an ``mse`` base, else a head g that the base's
-  projection also goes through) | ``new`` (a head g used by sub-networks only; US3L).
-- ``momentum_base`` / ``momentum_sub``: whether the base loss / the distillation target come from the
-  momentum encoder (EMA of backbone and projector, full width) rather than the base network itself.
+  through the base's head: the base objective's predictor if it has one, as ``mse``, else a head g that
+  the base's projection also goes through) | ``new`` (a head g used by sub-networks only; US3L).
+- ``momentum_base`` / ``momentum_sub``: whether the base objective's targets / the distillation target
+  come from the momentum encoder (EMA of backbone and projector, full width) rather than the base network.
 - ``distill_view``: the target is the other view's (``cross``, Algorithm 1) or the same view's.
 - ``sampler`` / ``num_widths`` / ``dynamic_stages``: see :mod:`us3l.samplers`.
 - ``regularizer`` / ``group_alpha`` / ``groups`` / ``group_schedule``: see :mod:`us3l.group_reg`.
@@ -33,19 +31,19 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .group_reg import ALPHA_SCHEDULES, check_alpha
-from .layers import USLinear, set_width
-from .losses import at_least_fp32, info_nce, momentum_nt_xent, nt_xent, unit_mse
+from .layers import set_width
+from .losses import at_least_fp32, nt_xent, unit_mse
 from .models import USResNet, build_model
+from .objectives import OBJECTIVES, Objective, Pair, get_objective, mlp
 from .samplers import SAMPLER_ALIASES, SAMPLERS, Sampler, build_sampler
 
-BASE_LOSSES = ("infonce", "infonce_qk", "mse")
 DISTILL_LOSSES = ("none", "own", "mse", "infonce")
 AUX_HEADS = ("off", "shared", "new")
 DISTILL_VIEWS = ("cross", "same")
@@ -85,7 +83,7 @@ class SSLConfig:
         """Raise ``ValueError`` (one line, naming the fix) for an inconsistent configuration."""
         if self.sampler in SAMPLER_ALIASES:  # an older name fixes the number of widths
             self.num_widths = SAMPLER_ALIASES[self.sampler][1]
-        for name, allowed in (("base_loss", BASE_LOSSES), ("distill_loss", DISTILL_LOSSES),
+        for name, allowed in (("base_loss", tuple(sorted(OBJECTIVES))), ("distill_loss", DISTILL_LOSSES),
                               ("aux_head", AUX_HEADS), ("sampler", (*SAMPLERS, *SAMPLER_ALIASES)),
                               ("distill_view", DISTILL_VIEWS),
                               ("regularizer", REGULARIZERS), ("group_schedule", ALPHA_SCHEDULES)):
@@ -99,10 +97,7 @@ class SSLConfig:
         if self.aux_head != "off" and self.distill_loss in ("none", "own"):
             raise ValueError(f"aux_head={self.aux_head} needs sub-network distillation (distill_loss mse or "
                              f"infonce): set aux_head=off")
-        if self.base_loss == "infonce_qk" and not self.momentum_base:
-            raise ValueError("base_loss=infonce_qk scores queries against momentum keys: set momentum_base=true")
-        if self.queue_size and self.base_loss != "infonce_qk":
-            raise ValueError("queue_size > 0 (MoCo) needs base_loss=infonce_qk and momentum_base=true")
+        self.make_objective().check()
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.temperature <= 0 or self.distill_temperature <= 0:
@@ -142,7 +137,7 @@ class SSLConfig:
 
     @property
     def has_predictor(self) -> bool:
-        return self.base_loss == "mse"
+        return get_objective(self.base_loss).has_predictor
 
     @property
     def base_head(self) -> str:
@@ -160,6 +155,10 @@ class SSLConfig:
             return self.base_head
         return "g" if self.aux_head == "new" else "none"
 
+    def make_objective(self) -> Objective:
+        """The base objective ``base_loss`` names, over these switches."""
+        return get_objective(self.base_loss)(self)
+
     def make_sampler(self, total_iters: int, width_range: tuple[float, float], seed: int = 0) -> Sampler:
         """The width sampler these switches describe."""
         return build_sampler(self.sampler, total_iters, width_range, seed, self.width, self.num_widths,
@@ -167,13 +166,7 @@ class SSLConfig:
 
     def terms(self) -> dict[str, str]:
         """What each network is trained with, in words: the ablation tables' columns."""
-        base = {"infonce": "nt_xent(online, momentum) [Eq. 2]" if self.momentum_base else "nt_xent(online views)",
-                "infonce_qk": "info_nce q-k" + (f" + queue {self.queue_size}" if self.queue_size else ""),
-                "mse": "cosine"}[self.base_loss]
-        if self.base_loss == "mse":
-            target = "momentum, other view" if self.momentum_base else "own projection (detached), other view"
-        else:
-            target = "momentum, other view" if self.momentum_base else "other view (in-batch)"
+        base, target = self.make_objective().describe()
         sub, sub_target = "-", "-"
         if self.distill_loss == "own":
             sub, sub_target = "own: " + base, target.replace("momentum", "momentum at own width")
@@ -240,20 +233,6 @@ def preset_config(preset: str, **overrides) -> SSLConfig:
     return SSLConfig(**{**PRESETS[preset], **overrides}).validate()
 
 
-def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, slim_in: bool = False, first_bias: bool = True,
-        out_bn: bool = False) -> nn.Sequential:
-    """``layers`` Linear layers with BN-ReLU between them (and a BN without affine after the last when
-    ``out_bn``); ``slim_in`` makes the first layer's input follow the backbone's width."""
-    first = USLinear(in_dim, hidden, bias=first_bias) if slim_in else nn.Linear(in_dim, hidden, bias=first_bias)
-    mods: list[nn.Module] = [first, nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
-    for _ in range(layers - 2):
-        mods += [nn.Linear(hidden, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
-    mods.append(nn.Linear(hidden, out_dim))
-    if out_bn:
-        mods.append(nn.BatchNorm1d(out_dim, affine=False))
-    return nn.Sequential(*mods)
-
-
 @torch.no_grad()
 def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """``t <- m t + (1 - m) o`` for every parameter of ``target`` and its twin in ``online``."""
@@ -298,24 +277,24 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 
 class SSLModel(nn.Module):
-    """Student encoder, heads and (optionally) the momentum encoder and MoCo queue."""
+    """Student encoder, heads, (optionally) the momentum encoder, and the base objective's buffers."""
 
     def __init__(self, cfg: SSLConfig, arch: str = "resnet50", stem: str = "imagenet",
                  width_range: tuple[float, float] = (0.25, 1.0)) -> None:
         super().__init__()
         self.cfg = cfg.validate()
+        self.objective = cfg.make_objective()
+        # Creation order fixes parameter order and initial values: encoder, predictor, g, momentum encoder, buffers.
         self.encoder = Encoder(build_model(arch, stem=stem, num_classes=0, width_range=width_range), cfg)
-        self.predictor = (mlp(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim, first_bias=False)
-                          if cfg.has_predictor else None)
+        self.predictor = self.objective.build_predictor()
         needs_g = "g" in (cfg.base_head, cfg.sub_head)
         self.aux_head = mlp(cfg.proj_dim, cfg.aux_hidden, cfg.proj_dim, first_bias=False) if needs_g else None
         self.momentum_encoder = None
         if cfg.uses_momentum:
             self.momentum_encoder = copy.deepcopy(self.encoder)
             self.momentum_encoder.requires_grad_(False)
-        if cfg.queue_size:
-            self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim), dim=1))
-            self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        for name, tensor in self.objective.build_buffers().items():
+            self.register_buffer(name, tensor)
         self.max_width = float(width_range[1])
 
     @property
@@ -326,19 +305,7 @@ class SSLModel(nn.Module):
         """``z`` through the head :attr:`SSLConfig.base_head` / :attr:`SSLConfig.sub_head` names."""
         return {"predictor": self.predictor, "g": self.aux_head}.get(name, _identity)(z)
 
-    def base_loss(self, h1, h2, z1, z2, k1, k2) -> torch.Tensor:
-        """The base loss of head outputs ``h``, own projections ``z`` and momentum projections ``k``."""
-        cfg = self.cfg
-        if cfg.base_loss == "infonce":
-            return momentum_nt_xent(h1, h2, k1, k2, cfg.temperature) if cfg.momentum_base else \
-                nt_xent(h1, h2, cfg.temperature)
-        if cfg.base_loss == "infonce_qk":
-            queue = self.queue.clone() if cfg.queue_size else None
-            return 0.5 * (info_nce(h1, k2, cfg.temperature, queue) + info_nce(h2, k1, cfg.temperature, queue))
-        t1, t2 = (k1, k2) if cfg.momentum_base else (z1.detach(), z2.detach())
-        return 0.5 * (unit_mse(h1, t2) + unit_mse(h2, t1))
-
-    def distill_loss(self, s1, s2, t1, t2) -> torch.Tensor:
+    def distill_loss(self, s1: torch.Tensor, s2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
         """Sub-network outputs ``s`` toward detached targets ``t`` (cross or same view)."""
         t1, t2 = t1.detach(), t2.detach()
         pairs = ((s1, t2), (s2, t1)) if self.cfg.distill_view == "cross" else ((s1, t1), (s2, t2))
@@ -347,20 +314,12 @@ class SSLModel(nn.Module):
         return 0.5 * sum(nt_xent(s, t, self.cfg.distill_temperature) for s, t in pairs)
 
     @torch.no_grad()
-    def _teacher(self, views: torch.Tensor, width: float, gather: Callable, autocast: Callable):
+    def _teacher(self, views: torch.Tensor, width: float, gather: Callable, autocast: Callable) -> Pair:
         with autocast():
             self.momentum_encoder.set_width(width)
             k = self.momentum_encoder(views)
         self.momentum_encoder.set_width(self.max_width)
         return tuple(gather(at_least_fp32(t)) for t in k.chunk(2))
-
-    @torch.no_grad()
-    def _enqueue(self, keys: torch.Tensor) -> None:
-        size = self.queue.shape[0]
-        keys = F.normalize(at_least_fp32(keys), dim=1)[-size:]
-        idx = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
-        self.queue[idx] = keys
-        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
 
     def train_step(self, x1: torch.Tensor, x2: torch.Tensor, widths: list[float],
                    backward: Callable[[torch.Tensor], None],
@@ -370,12 +329,12 @@ class SSLModel(nn.Module):
         processes (with gradient) so losses see the global batch; ``backward`` is called once per width."""
         cfg = self.cfg
         views = torch.cat([x1, x2])
-        k1 = k2 = None
+        k: Pair | None = None  # the momentum encoder's full-width projections
         if self.momentum_encoder is not None:
             ema_update_(self.momentum_encoder, self.encoder, cfg.ema)
-            k1, k2 = self._teacher(views, self.max_width, gather, autocast)
+            k = self._teacher(views, self.max_width, gather, autocast)
         out = StepOutput(0.0, [], [], [])
-        z_max: tuple[torch.Tensor, torch.Tensor] | None = None
+        z_max: Pair | None = None
         try:
             for i, w in enumerate(widths):
                 self.encoder.set_width(w)
@@ -386,23 +345,19 @@ class SSLModel(nn.Module):
                 z1, z2 = (gather(at_least_fp32(t)) for t in z.chunk(2))
                 h1, h2 = (gather(at_least_fp32(t)) for t in h.chunk(2))
                 if i == 0:
-                    loss = self.base_loss(h1, h2, z1, z2, k1, k2)
+                    loss = self.objective.loss((h1, h2), (z1, z2), k if cfg.momentum_base else None, self)
                     z_max = (z1.detach(), z2.detach())
                 elif own:
-                    kw = self._teacher(views, w, gather, autocast) if cfg.momentum_base else (None, None)
-                    loss = self.base_loss(h1, h2, z1, z2, *kw)
+                    kw = self._teacher(views, w, gather, autocast) if cfg.momentum_base else None
+                    loss = self.objective.loss((h1, h2), (z1, z2), kw, self)
                 else:
-                    loss = self.distill_loss(h1, h2, *((k1, k2) if cfg.momentum_sub else z_max))
+                    loss = self.distill_loss(h1, h2, *(k if cfg.momentum_sub else z_max))
                 backward(loss)
                 out.losses.append(loss.item())
                 out.widths.append(float(w))
                 out.proj_std.append(projection_std(torch.cat([z1, z2])))
         finally:
             self.encoder.set_width(self.max_width)
-        if cfg.queue_size:
-            self._enqueue(torch.cat([k1, k2]))
+        self.objective.after_step(k, self)
         out.loss = sum(out.losses)
         return out
-
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
