@@ -1,8 +1,8 @@
 """Detectron2 backbones for a slimmable ResNet at any width.
 
 ``build_us3l_resnet_backbone`` builds ResNet-18/34/50/101 from Detectron2's own stem and block
-classes with every stage's channels taken from ``us3l.channel_plan(arch, MODEL.US3L.WIDTH)`` (never
-by doubling) and the stride in the 3x3 conv, as torchvision does; parameter names are Detectron2's
+classes with every block (channels, stride, shortcut) taken from ``us3l.channel_plan(arch, MODEL.US3L.WIDTH)``
+(channels never by doubling) and the stride in the 3x3 conv, as torchvision does; parameter names are Detectron2's
 (``stem.conv1``, ``res2.0.conv1.norm``, ``res3.0.shortcut`` ...). ``build_us3l_resnet_fpn_backbone``
 puts Detectron2's FPN on top.
 """
@@ -13,13 +13,13 @@ import detection.d2compat  # noqa: F401  (before any detectron2 import)
 
 # isort: split
 from detectron2.config import CfgNode
-from detectron2.layers import ShapeSpec
+from detectron2.layers import CNNBlockBase, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
 
-from us3l.channels import ChannelPlan, channel_plan
+from us3l.channels import BlockPlan, ChannelPlan, channel_plan
 
 GN_GROUPS = 32  # Detectron2's get_norm("GN", C) is GroupNorm(32, C)
 
@@ -38,30 +38,26 @@ def check_norm(norm: str, channels: dict[str, int], what: str) -> None:
         )
 
 
+def _block(p: BlockPlan, kind: str, norm: str, name: str) -> CNNBlockBase:
+    """Detectron2's block for ``p``; it has a projection shortcut exactly when channels change."""
+    if p.shortcut != (p.cin != p.out):
+        raise ValueError(f"{name}: the slimmable block has {'a' if p.shortcut else 'no'} projection shortcut "
+                         f"but {p.cin} -> {p.out} channels at this width; use a larger width")
+    if kind == "basic":
+        return BasicBlock(p.cin, p.out, stride=p.stride, norm=norm)
+    return BottleneckBlock(p.cin, p.out, bottleneck_channels=p.mid, stride=p.stride, norm=norm,
+                           stride_in_1x1=False)
+
+
 def resnet_from_plan(plan: ChannelPlan, norm: str = "BN", in_channels: int = 3,
                      out_features: list[str] | None = None, freeze_at: int = 0) -> ResNet:
-    """A Detectron2 ``ResNet`` whose channels follow ``plan`` exactly."""
-    check_norm(norm, {k: c for k, c in plan.layers.items()}, f"{plan.arch} at width {plan.width:g}")
+    """A Detectron2 ``ResNet`` whose blocks and channels follow ``plan`` exactly (all stages by default)."""
+    check_norm(norm, plan.layers, f"{plan.arch} at width {plan.width:g}")
     stem = BasicStem(in_channels=in_channels, out_channels=plan.stem, norm=norm)
-    stages, cin = [], plan.stem
-    for i, stage in enumerate(plan.stages):
-        blocks = []
-        for b in range(stage.blocks):
-            stride = stage.stride if b == 0 else 1
-            if stride != 1 and cin == stage.out:
-                # Detectron2 adds a projection shortcut only when channels change.
-                raise ValueError(f"res{i + 2}: a strided block with equal in/out channels ({cin}) is not supported")
-            if plan.block == "basic":
-                if stage.mid != stage.out:
-                    raise ValueError(f"res{i + 2}: basic blocks need equal mid and out channels")
-                blocks.append(BasicBlock(cin, stage.out, stride=stride, norm=norm))
-            else:
-                blocks.append(BottleneckBlock(cin, stage.out, bottleneck_channels=stage.mid, stride=stride,
-                                              norm=norm, stride_in_1x1=False))
-            cin = stage.out
-        stages.append(blocks)
-    return ResNet(stem, stages, out_features=out_features or ["res2", "res3", "res4", "res5"],
-                  freeze_at=freeze_at)
+    stages = [[_block(p, plan.block, norm, f"res{i}.{b}") for b, p in enumerate(stage.blocks)]
+              for i, stage in enumerate(plan.stages, start=2)]
+    names = [f"res{i}" for i in range(2, len(stages) + 2)]
+    return ResNet(stem, stages, out_features=out_features or names, freeze_at=freeze_at)
 
 
 def plan_from_cfg(cfg: CfgNode) -> ChannelPlan:

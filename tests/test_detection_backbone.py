@@ -104,6 +104,25 @@ def test_channels_follow_plan_not_doubling():
     assert net.res3[0].conv1.stride == (1, 1) and net.res3[0].conv2.stride == (2, 2)  # torchvision-style
 
 
+@pytest.mark.parametrize(("arch", "width"), [("resnet18", 0.25), ("resnet50", 0.35)])
+def test_blocks_and_shortcuts_follow_plan(arch, width):
+    plan = channel_plan(arch, width)
+    net = resnet_from_plan(plan)
+    assert net.stem.conv1.weight.shape[0] == plan.stem
+    for i, stage in enumerate(plan.stages, start=2):
+        blocks = getattr(net, f"res{i}")
+        assert len(blocks) == len(stage.blocks)
+        for block, p in zip(blocks, stage.blocks):
+            assert (block.in_channels, block.out_channels, block.stride) == (p.cin, p.out, p.stride)
+            assert (block.shortcut is not None) == p.shortcut
+
+
+def test_shortcut_lost_to_rounding_is_a_clear_error():
+    # ResNet-50 at 0.02: stem and res2 both round to 8 channels, so Detectron2 would drop res2.0's projection.
+    with pytest.raises(ValueError, match=r"res2\.0: .* projection shortcut but 8 -> 8"):
+        resnet_from_plan(channel_plan("resnet50", 0.02))
+
+
 def test_fpn_on_top_and_scaled_heads():
     cfg = build_config("coco", arch="resnet18", width=0.5)
     fpn = build_us3l_resnet_fpn_backbone(cfg, ShapeSpec(channels=3))

@@ -1,4 +1,10 @@
-"""The width rule: how many channels each layer of a slimmable ResNet has at width ``w``.
+"""The ResNet structure and the width rule: every layer of a slimmable ResNet at width ``w``.
+
+This module is the one description of the architectures: :data:`ARCHS` holds each ResNet's block
+kind and blocks per stage, with the stem, stage channels and strides they share, and
+:func:`channel_plan` expands it at a width into every block and layer. The slimmable model
+(:class:`us3l.models.USResNet`, from the full-width plan) and the Detectron2 backbone
+(``detection.backbone.resnet_from_plan``) are both built from a plan.
 
 Every layer rounds its *own* full-width channel count (``make_divisible(C_max * w, 8)``), so
 stages at an arbitrary width do not double cleanly (ResNet-50 at 0.35: bottlenecks 24/48/88/176).
@@ -10,25 +16,35 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DIVISOR = 8
-
-# Full-width architecture tables: block kind, blocks per stage, bottleneck and output channels per stage.
-ARCHS: dict[str, dict] = {
-    "resnet18": {"block": "basic", "layers": (2, 2, 2, 2), "mid": (64, 128, 256, 512), "out": (64, 128, 256, 512)},
-    "resnet34": {"block": "basic", "layers": (3, 4, 6, 3), "mid": (64, 128, 256, 512), "out": (64, 128, 256, 512)},
-    "resnet50": {
-        "block": "bottleneck",
-        "layers": (3, 4, 6, 3),
-        "mid": (64, 128, 256, 512),
-        "out": (256, 512, 1024, 2048),
-    },
-    "resnet101": {
-        "block": "bottleneck",
-        "layers": (3, 4, 23, 3),
-        "mid": (64, 128, 256, 512),
-        "out": (256, 512, 1024, 2048),
-    },
-}
 STEM_CHANNELS = 64
+STAGE_MID = (64, 128, 256, 512)  # bottleneck (3x3) channels of res2..res5, torchvision's ``planes``
+STAGE_STRIDES = (1, 2, 2, 2)
+EXPANSION = {"basic": 1, "bottleneck": 4}  # block output = expansion x bottleneck channels
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A full-width ResNet: block kind, blocks per stage, stem and per-stage channels and strides."""
+
+    block: str
+    depths: tuple[int, ...]
+    stem: int = STEM_CHANNELS
+    mid: tuple[int, ...] = STAGE_MID
+    strides: tuple[int, ...] = STAGE_STRIDES
+
+    @property
+    def out(self) -> tuple[int, ...]:
+        """Output channels of each stage."""
+        return tuple(m * EXPANSION[self.block] for m in self.mid)
+
+
+# torchvision's resnet18/34/50/101 (``torchvision.models.resnet``).
+ARCHS: dict[str, ArchSpec] = {
+    "resnet18": ArchSpec("basic", (2, 2, 2, 2)),
+    "resnet34": ArchSpec("basic", (3, 4, 6, 3)),
+    "resnet50": ArchSpec("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ArchSpec("bottleneck", (3, 4, 23, 3)),
+}
 
 
 def make_divisible(value: float, divisor: int = DIVISOR) -> int:
@@ -44,26 +60,41 @@ def scaled(channels: int, width: float, divisor: int = DIVISOR) -> int:
     return make_divisible(channels * width, divisor)
 
 
-def arch_spec(arch: str) -> dict:
-    """The full-width table of ``arch``; a clear error for an unknown name."""
+def arch_spec(arch: str) -> ArchSpec:
+    """The full-width description of ``arch``; a clear error for an unknown name."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(ARCHS)}")
     return ARCHS[arch]
 
 
 @dataclass(frozen=True)
+class BlockPlan:
+    """One residual block: input, bottleneck (3x3) and output channels, stride and projection shortcut.
+
+    ``shortcut`` is structural (a 1x1 projection where the full-width block changes stride or channels,
+    as torchvision), so a block keeps it at every width.
+    """
+
+    cin: int
+    mid: int
+    out: int
+    stride: int
+    shortcut: bool
+
+
+@dataclass(frozen=True)
 class StagePlan:
-    """Channels of one residual stage: bottleneck (3x3) width and block output width."""
+    """One residual stage: bottleneck and output channels, stride of its first block, its blocks."""
 
     mid: int
     out: int
-    blocks: int
     stride: int
+    blocks: tuple[BlockPlan, ...]
 
 
 @dataclass(frozen=True)
 class ChannelPlan:
-    """Per-layer output channels of ``arch`` at ``width`` (torchvision layer names)."""
+    """Every block and per-layer output channels of ``arch`` at ``width`` (torchvision layer names)."""
 
     arch: str
     width: float
@@ -79,32 +110,42 @@ class ChannelPlan:
 
     def __str__(self) -> str:
         rows = [f"{self.arch} @ {self.width:g}: stem {self.stem}"]
-        for i, s in enumerate(self.stages, start=1):
-            rows.append(f"  res{i + 1}: {s.blocks} x {self.block}, mid {s.mid}, out {s.out}, stride {s.stride}")
+        for i, s in enumerate(self.stages, start=2):
+            rows.append(f"  res{i}: {len(s.blocks)} x {self.block}, mid {s.mid}, out {s.out}, stride {s.stride}")
         return "\n".join(rows)
 
 
+def _stage(spec: ArchSpec, i: int, cin_full: int, width: float, divisor: int) -> StagePlan:
+    """Stage ``i`` of ``spec`` at ``width``, whose input has ``cin_full`` channels at full width."""
+    mid_full, out_full, stride = spec.mid[i], spec.out[i], spec.strides[i]
+    mid, out = scaled(mid_full, width, divisor), scaled(out_full, width, divisor)
+    first = BlockPlan(scaled(cin_full, width, divisor), mid, out, stride,
+                      shortcut=stride != 1 or cin_full != out_full)
+    rest = BlockPlan(out, mid, out, 1, shortcut=False)
+    return StagePlan(mid, out, stride, (first,) + (rest,) * (spec.depths[i] - 1))
+
+
+def _layers(block: str, stem: int, stages: tuple[StagePlan, ...]) -> dict[str, int]:
+    """Output channels of every conv by torchvision name (a stage's shortcuts after its blocks)."""
+    layers = {"conv1": stem}
+    for i, stage in enumerate(stages, start=1):
+        for b, p in enumerate(stage.blocks):
+            convs = (p.mid, p.out) if block == "basic" else (p.mid, p.mid, p.out)
+            for k, c in enumerate(convs, start=1):
+                layers[f"layer{i}.{b}.conv{k}"] = c
+        layers.update({f"layer{i}.{b}.downsample.0": p.out for b, p in enumerate(stage.blocks) if p.shortcut})
+    return layers
+
+
 def channel_plan(arch: str, width: float, divisor: int = DIVISOR) -> ChannelPlan:
-    """Per-layer channels of ``arch`` at ``width``; each layer rounds its own full-width count."""
+    """``arch`` at ``width``: every block and layer, each rounding its own full-width count."""
     spec = arch_spec(arch)
     if not 0.0 < width <= 1.0:
         raise ValueError(f"width must be in (0, 1], got {width}")
-    stem = scaled(STEM_CHANNELS, width, divisor)
-    layers: dict[str, int] = {"conv1": stem}
     stages = []
-    for i, (n, mid_full, out_full) in enumerate(zip(spec["layers"], spec["mid"], spec["out"])):
-        mid, out = scaled(mid_full, width, divisor), scaled(out_full, width, divisor)
-        stages.append(StagePlan(mid=mid, out=out, blocks=n, stride=1 if i == 0 else 2))
-        for b in range(n):
-            prefix = f"layer{i + 1}.{b}"
-            if spec["block"] == "basic":
-                layers[f"{prefix}.conv1"] = mid
-                layers[f"{prefix}.conv2"] = out
-            else:
-                layers[f"{prefix}.conv1"] = mid
-                layers[f"{prefix}.conv2"] = mid
-                layers[f"{prefix}.conv3"] = out
-        has_downsample = i > 0 or spec["block"] == "bottleneck"
-        if has_downsample:
-            layers[f"layer{i + 1}.0.downsample.0"] = out
-    return ChannelPlan(arch, width, spec["block"], stem, tuple(stages), layers)
+    cin_full = spec.stem
+    for i in range(len(spec.depths)):
+        stages.append(_stage(spec, i, cin_full, width, divisor))
+        cin_full = spec.out[i]
+    stem = scaled(spec.stem, width, divisor)
+    return ChannelPlan(arch, width, spec.block, stem, tuple(stages), _layers(spec.block, stem, tuple(stages)))

@@ -5,23 +5,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .channels import STEM_CHANNELS, arch_spec
+from .channels import BlockPlan, channel_plan
 from .layers import USBatchNorm2d, USConv2d, USLinear
 
 STEMS = ("imagenet", "cifar")
 
 
 class USBasicBlock(nn.Module):
-    """Two 3x3 convs (torchvision ``BasicBlock`` names)."""
+    """Two 3x3 convs (torchvision ``BasicBlock`` names) with the channels of ``p``."""
 
-    def __init__(self, cin: int, mid: int, out: int, stride: int) -> None:
+    def __init__(self, p: BlockPlan) -> None:
         super().__init__()
-        self.conv1 = USConv2d(cin, mid, 3, stride=stride, padding=1)
-        self.bn1 = USBatchNorm2d(mid)
-        self.conv2 = USConv2d(mid, out, 3, padding=1)
-        self.bn2 = USBatchNorm2d(out)
+        self.conv1 = USConv2d(p.cin, p.mid, 3, stride=p.stride, padding=1)
+        self.bn1 = USBatchNorm2d(p.mid)
+        self.conv2 = USConv2d(p.mid, p.out, 3, padding=1)
+        self.bn2 = USBatchNorm2d(p.out)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _downsample(cin, out, stride)
+        self.downsample = _downsample(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -31,18 +31,18 @@ class USBasicBlock(nn.Module):
 
 
 class USBottleneck(nn.Module):
-    """1x1, 3x3 (stride here, as torchvision), 1x1 (torchvision ``Bottleneck`` names)."""
+    """1x1, 3x3 (stride here, as torchvision), 1x1 (torchvision ``Bottleneck`` names) with the channels of ``p``."""
 
-    def __init__(self, cin: int, mid: int, out: int, stride: int) -> None:
+    def __init__(self, p: BlockPlan) -> None:
         super().__init__()
-        self.conv1 = USConv2d(cin, mid, 1)
-        self.bn1 = USBatchNorm2d(mid)
-        self.conv2 = USConv2d(mid, mid, 3, stride=stride, padding=1)
-        self.bn2 = USBatchNorm2d(mid)
-        self.conv3 = USConv2d(mid, out, 1)
-        self.bn3 = USBatchNorm2d(out)
+        self.conv1 = USConv2d(p.cin, p.mid, 1)
+        self.bn1 = USBatchNorm2d(p.mid)
+        self.conv2 = USConv2d(p.mid, p.mid, 3, stride=p.stride, padding=1)
+        self.bn2 = USBatchNorm2d(p.mid)
+        self.conv3 = USConv2d(p.mid, p.out, 1)
+        self.bn3 = USBatchNorm2d(p.out)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _downsample(cin, out, stride)
+        self.downsample = _downsample(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -52,14 +52,18 @@ class USBottleneck(nn.Module):
         return self.relu(y + identity)
 
 
-def _downsample(cin: int, out: int, stride: int) -> nn.Sequential | None:
-    if stride == 1 and cin == out:
+BLOCKS: dict[str, type[nn.Module]] = {"basic": USBasicBlock, "bottleneck": USBottleneck}
+
+
+def _downsample(p: BlockPlan) -> nn.Sequential | None:
+    """The projection shortcut of ``p`` (1x1 conv and BN), if it has one."""
+    if not p.shortcut:
         return None
-    return nn.Sequential(USConv2d(cin, out, 1, stride=stride), USBatchNorm2d(out))
+    return nn.Sequential(USConv2d(p.cin, p.out, 1, stride=p.stride), USBatchNorm2d(p.out))
 
 
 class USResNet(nn.Module):
-    """A universally slimmable ResNet.
+    """A universally slimmable ResNet built from ``channel_plan(arch, 1.0)``: its full-width layers.
 
     ``num_classes=0`` gives a backbone whose output is the pooled feature (``fc`` is the identity).
     ``stem="cifar"`` uses a 3x3 stride-1 first conv and no max-pool.
@@ -73,29 +77,25 @@ class USResNet(nn.Module):
         lo, hi = width_range
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"width range must satisfy 0 < min <= max <= 1, got [{lo}, {hi}]")
-        spec = arch_spec(arch)
+        plan = channel_plan(arch, 1.0)
         self.arch, self.stem, self.num_classes = arch, stem, num_classes
         self.width_range = (float(lo), float(hi))
         self.width = 1.0
         if stem == "imagenet":
-            self.conv1 = USConv2d(3, STEM_CHANNELS, 7, stride=2, padding=3, slim_in=False)
+            self.conv1 = USConv2d(3, plan.stem, 7, stride=2, padding=3, slim_in=False)
             self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         else:
-            self.conv1 = USConv2d(3, STEM_CHANNELS, 3, stride=1, padding=1, slim_in=False)
+            self.conv1 = USConv2d(3, plan.stem, 3, stride=1, padding=1, slim_in=False)
             self.maxpool = nn.Identity()
-        self.bn1 = USBatchNorm2d(STEM_CHANNELS)
+        self.bn1 = USBatchNorm2d(plan.stem)
         self.relu = nn.ReLU(inplace=True)
-        block = USBasicBlock if spec["block"] == "basic" else USBottleneck
-        cin = STEM_CHANNELS
-        for i, (n, mid, out) in enumerate(zip(spec["layers"], spec["mid"], spec["out"])):
-            blocks = []
-            for b in range(n):
-                blocks.append(block(cin, mid, out, stride=2 if (b == 0 and i > 0) else 1))
-                cin = out
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-        self.feature_dim = cin
+        block = BLOCKS[plan.block]
+        self.num_stages = len(plan.stages)
+        for i, stage in enumerate(plan.stages, start=1):
+            setattr(self, f"layer{i}", nn.Sequential(*(block(p) for p in stage.blocks)))
+        self.feature_dim = plan.feature_dim
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc: nn.Module = USLinear(cin, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc: nn.Module = USLinear(plan.feature_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -108,16 +108,16 @@ class USResNet(nn.Module):
                 nn.init.constant_(m.bias, 0)
 
     def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Stage outputs ``stem``, ``res2`` .. ``res5`` at the current width."""
+        """Stage outputs ``stem``, ``res2`` .. ``res5`` (``layer1`` .. ``layer4``) at the current width."""
         out = {"stem": self.maxpool(self.relu(self.bn1(self.conv1(x))))}
         y = out["stem"]
-        for i in range(1, 5):
+        for i in range(1, self.num_stages + 1):
             y = getattr(self, f"layer{i}")(y)
             out[f"res{i + 1}"] = y
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.forward_stages(x)["res5"]
+        y = self.forward_stages(x)[f"res{self.num_stages + 1}"]
         return self.fc(torch.flatten(self.avgpool(y), 1))
 
 
