@@ -1,4 +1,5 @@
-"""The pretraining loop: data, model, optimizer, resume, logging, checkpoints."""
+"""The pretraining loop: :func:`build_run` once, :func:`step` per iteration, :func:`after_step` for the
+periodic actions (log, checkpoint, stop on request), :func:`finish` to export the backbone."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 import us3l
@@ -22,7 +25,8 @@ from us3l.device import DeviceError, device_info, resolve_device
 from us3l.device import precision_name as device_precision
 from us3l.group_reg import GroupRegularizer, regularized_parameters
 from us3l.models import build_model
-from us3l.ssl import SSLModel
+from us3l.samplers import Sampler as WidthSampler
+from us3l.ssl import SSLModel, StepOutput
 
 from . import distributed as D
 from .config import ConfigError, PretrainConfig
@@ -90,6 +94,14 @@ def autocast_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | N
     if not cfg.amp or cfg.precision != "float32":
         return None
     return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def _dtype(cfg: PretrainConfig) -> torch.dtype:
+    return torch.float64 if cfg.precision == "float64" else torch.float32
+
+
+def _memory_format(cfg: PretrainConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
 def precision_name(cfg: PretrainConfig, device: torch.device) -> str:
@@ -165,28 +177,86 @@ def train(cfg: PretrainConfig, config_name: str, should_stop: Callable[[], bool]
 
 def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.DistInfo,
            should_stop: Callable[[], bool] | None) -> Path:
-    ssl_cfg = cfg.objective()
-    run_dir = Path(cfg.output_dir) / config_name
-    last_path, backbone_path = run_dir / "last.pth", run_dir / "backbone.pth"
-    config_dict = cfg.to_dict()
-    # Everything that can fail on bad input is checked before anything is written.
+    run = build_run(cfg, config_name, device, info)
+    if run.iteration >= run.total and run.backbone_path.exists():
+        if info.is_main:
+            print(f"{run.run_dir}: already complete ({run.total} iterations); backbone checkpoint {run.backbone_path}")
+        return run.backbone_path
+    with begin(run) as monitor:
+        for x1, x2 in batches(run):
+            after_step(run, monitor, step(run, x1, x2), should_stop)
+        finish(run, monitor)
+    D.barrier()
+    return run.backbone_path
+
+
+@dataclass
+class Run:
+    """One pretraining run between iterations: what it trains, with what, and how far it got."""
+
+    cfg: PretrainConfig
+    device: torch.device
+    info: D.DistInfo
+    run_dir: Path
+    config: dict[str, Any]  # the resolved config, as written to config.yaml and checked on resume
+    data: Dataset  # the images, before augmentation
+    model: SSLModel
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    reg: GroupRegularizer | None
+    sampler: WidthSampler
+    total: int  # iterations of the whole run
+    iteration: int = 0  # iterations completed
+    forwards: int = 0  # student forwards so far
+    skipped: int = 0  # optimizer steps the loss scaler skipped since this process started
+    resumed_precision: str | None = None  # what the resumed state was written in
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pth"
+
+    @property
+    def backbone_path(self) -> Path:
+        return self.run_dir / "backbone.pth"
+
+    @property
+    def iters_per_epoch(self) -> int:
+        return len(self.data) // self.cfg.batch_size
+
+    @property
+    def precision(self) -> str:
+        return precision_name(self.cfg, self.device)
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        amp_dtype = autocast_dtype(self.cfg, self.device)
+        return torch.autocast(self.device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+
+
+def build_run(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.DistInfo) -> Run:
+    """Check the inputs, build data, model, optimizer and scaler, and restore ``last.pth`` if present.
+
+    Everything that can fail on bad input fails here, before anything is written.
+    """
     if cfg.batch_size % info.world_size:
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {info.world_size} processes")
     try:
-        base = build_pretrain_dataset(cfg.dataset, cfg.data_root, cfg.image_size, cfg.seed)
+        data = build_pretrain_dataset(cfg.dataset, cfg.data_root, cfg.image_size, cfg.seed)
     except DatasetMissingError as e:
         raise ConfigError(str(e)) from e
-    iters_per_epoch = len(base) // cfg.batch_size
+    iters_per_epoch = len(data) // cfg.batch_size
     if iters_per_epoch == 0:
-        raise ConfigError(f"dataset {cfg.dataset!r} has {len(base)} images, fewer than batch_size {cfg.batch_size}")
+        raise ConfigError(f"dataset {cfg.dataset!r} has {len(data)} images, fewer than batch_size {cfg.batch_size}")
     total = cfg.iterations or cfg.epochs * iters_per_epoch
-    state = load_state(last_path, config_dict) if last_path.exists() else None
+    run_dir, config, ssl_cfg = Path(cfg.output_dir) / config_name, cfg.to_dict(), cfg.objective()
+    state = load_state(run_dir / "last.pth", config) if (run_dir / "last.pth").exists() else None
 
     torch.manual_seed(cfg.seed)
-    dtype = torch.float64 if cfg.precision == "float64" else torch.float32
-    model = SSLModel(ssl_cfg, cfg.arch, cfg.stem, cfg.width_range).to(device, dtype)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
+    model = SSLModel(ssl_cfg, cfg.arch, cfg.stem, cfg.width_range).to(device, _dtype(cfg))
+    model.to(memory_format=_memory_format(cfg))
     if cfg.sync_bn and info.world_size > 1:
         D.convert_sync_bn(model)
     reg = None
@@ -194,115 +264,171 @@ def _train(cfg: PretrainConfig, config_name: str, device: torch.device, info: D.
         reg = GroupRegularizer(model.encoder.backbone, cfg.weight_decay, ssl_cfg.group_alpha, ssl_cfg.groups,
                                ramp_iters=int(cfg.group_ramp * total), schedule=ssl_cfg.group_schedule)
     optimizer = torch.optim.SGD(_param_groups(model, cfg, reg is not None), lr=cfg.lr, momentum=cfg.momentum)
-    amp_dtype, precision = autocast_dtype(cfg, device), precision_name(cfg, device)
     # float16 needs loss scaling; bfloat16 has float32's range and does not.
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    start, forwards = 0, 0
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(cfg, device) == torch.float16)
+    run = Run(cfg, device, info, run_dir, config, data, model, optimizer, scaler, reg,
+              ssl_cfg.make_sampler(total, cfg.width_range, cfg.seed), total)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         restore_scaler(scaler, state["scaler"])
         set_rng_state(state["rng"])
-        start, forwards = int(state["iteration"]), int(state["forwards"])
-    if start >= total and backbone_path.exists():
-        if info.is_main:
-            print(f"{run_dir}: already complete ({total} iterations); backbone checkpoint {backbone_path}")
-        return backbone_path
+        run.iteration, run.forwards = int(state["iteration"]), int(state["forwards"])
+        run.resumed_precision = state.get("precision", "unrecorded")
+    return run
 
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
+
+def batches(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This process's two views of each remaining iteration's images, on the run's device, dtype and layout."""
+    cfg, info = run.cfg, run.info
+    views = TwoViews(run.data, simclr_augmentation(cfg.image_size, _augmentation_name(cfg.dataset)), seed=cfg.seed)
+    it = run.iteration
+    while it < run.total:
+        epoch, first = divmod(it, run.iters_per_epoch)
+        views.epoch = epoch
+        order = GlobalBatches(len(run.data), cfg.batch_size, info, cfg.seed, epoch, first)
+        for x1, x2 in DataLoader(views, batch_sampler=order, num_workers=cfg.num_workers,
+                                 pin_memory=run.device.type == "cuda"):
+            yield tuple(x.to(run.device, _dtype(cfg), non_blocking=True, memory_format=_memory_format(cfg))
+                        for x in (x1, x2))
+            it += 1
+            if it >= run.total:
+                return
+
+
+@dataclass
+class StepMetrics:
+    """What one iteration computed (``out``) and the schedule it ran with."""
+
+    iteration: int  # the iteration that ran (0-based)
+    out: StepOutput
+    lr: float
+    group_alpha: float
+    loss_scale: float  # the loss scale the gradients were computed at (1.0 without scaling)
+
+    @property
+    def loss(self) -> float:
+        return self.out.loss
+
+
+def step(run: Run, x1: torch.Tensor, x2: torch.Tensor) -> StepMetrics:
+    """Iteration ``run.iteration`` on the two views ``x1``, ``x2``: forward/backward at the sampled widths,
+    then reduce, unscale, regularize and step; :class:`TrainingDiverged` on a non-finite loss."""
+    it = run.iteration
+    widths = run.sampler.widths(it)
+    lr = lr_at(run.cfg, it, run.total)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    run.optimizer.zero_grad(set_to_none=True)
+    out = run.model.train_step(x1, x2, widths, backward=lambda loss: run.scaler.scale(loss).backward(),
+                               gather=D.gather, autocast=run.autocast)
+    run.forwards += len(widths)
+    if not math.isfinite(out.loss):
+        kept = f"last good checkpoint {run.last_path}" if run.last_path.exists() else "no checkpoint was written"
+        raise TrainingDiverged(f"loss became {out.loss} at iteration {it} (per width {out.losses}); "
+                               f"training stopped, {kept}; lower lr or check the data")
+    alpha = run.reg.alpha_at(it) if run.reg is not None else 0.0
+    scale = run.scaler.get_scale() if run.scaler.is_enabled() else 1.0
+    run.skipped += apply_gradients(run.optimizer, run.scaler, run.params, run.reg, alpha)
+    run.iteration += 1
+    return StepMetrics(it, out, lr, alpha, scale)
+
+
+class Monitor:
+    """The run's log, progress bar, current sampling stage and throughput window (main process writes)."""
+
+    def __init__(self, run: Run) -> None:
+        self.log = RunLogger(run.run_dir, run.info.is_main, run.iteration)
+        self.bar = tqdm(total=run.total, initial=run.iteration, disable=not run.info.is_main, dynamic_ncols=True,
+                        desc="pretrain")
+        self.stage: int | None = None
+        self.window_start, self.window_iters = time.perf_counter(), 0
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+        self.log.close()
+
+    def info(self, message: str) -> None:
+        self.log.info(message)
+
+    def update(self, run: Run, m: StepMetrics) -> None:
+        """Note a new sampling stage; every ``log_every`` iterations, record the metrics."""
+        it, done = m.iteration, m.iteration + 1
+        if run.sampler.stage(it) != self.stage:
+            self.stage = run.sampler.stage(it)
+            self.info(f"iteration {it}: stage {self.stage}, min width {run.sampler.min_width_at(it):g}")
+        self.window_iters += 1
+        if done % run.cfg.log_every == 0 or done == run.total:
+            ips = self.window_iters * run.cfg.batch_size / max(time.perf_counter() - self.window_start, 1e-9)
+            self.log.record(_record(run, m, ips))
+            self.bar.set_postfix(loss=f"{m.loss:.3f}", min_w=f"{min(m.out.widths):.2f}", img_s=f"{ips:.0f}")
+            self.window_start, self.window_iters = time.perf_counter(), 0
+        self.bar.update(1)
+
+
+def _record(run: Run, m: StepMetrics, images_per_s: float) -> dict[str, Any]:
+    """One line of ``metrics.jsonl``: the iteration's losses and schedule, the run's counters and throughput."""
+    out = m.out
+    roles = {"max": out.proj_std[0]}
+    if len(out.proj_std) > 1:
+        roles["min"] = out.proj_std[-1]
+    return {"iteration": m.iteration + 1, "epoch": m.iteration // run.iters_per_epoch, "loss": out.loss,
+            "loss_per_width": out.losses, "widths": out.widths, "min_width": min(out.widths),
+            "proj_std": out.proj_std, "proj_std_by_role": roles, "lr": m.lr, "group_alpha": m.group_alpha,
+            "images_per_s": images_per_s, "student_forwards": run.forwards, "precision": run.precision,
+            "loss_scale": m.loss_scale, "skipped_steps": run.skipped, "peak_memory_mb": peak_memory_mb(run.device)}
+
+
+def begin(run: Run) -> Monitor:
+    """Create the run directory and its ``config.yaml``, open the log and say what is about to run."""
+    cfg = run.cfg
+    if run.info.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "config.yaml").write_text(yaml.safe_dump(run.config, sort_keys=False))
     D.barrier()
-    log = RunLogger(run_dir, info.is_main, start)
-    sampler = ssl_cfg.make_sampler(total, cfg.width_range, cfg.seed)
-    views = TwoViews(base, simclr_augmentation(cfg.image_size, _augmentation_name(cfg.dataset)), seed=cfg.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
+    monitor = Monitor(run)
+    if run.resumed_precision is not None:
+        was, now = run.resumed_precision, run.precision
+        monitor.info(f"resumed from {run.last_path} at iteration {run.iteration}/{run.total}"
+                     + (f" (written in {was}, continuing in {now})" if was != now else ""))
+    monitor.info(f"{cfg.preset}: {cfg.arch} ({cfg.stem} stem) widths [{cfg.width_range[0]:g}, {cfg.width_range[1]:g}], "
+                 f"{cfg.dataset} {len(run.data)} images at {cfg.image_size}px, global batch {cfg.batch_size}, "
+                 f"{run.total} iterations, {run.info.world_size} process(es) on {run.device}, {run.precision}")
+    run.model.train()
+    return monitor
 
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
-    def batches() -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        it = start
-        while it < total:
-            epoch, first = divmod(it, iters_per_epoch)
-            views.epoch = epoch
-            loader = DataLoader(views, batch_sampler=GlobalBatches(len(base), cfg.batch_size, info, cfg.seed, epoch,
-                                                                   first),
-                                num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-            for x1, x2 in loader:
-                yield it, *(x.to(device, dtype, non_blocking=True, memory_format=memory_format) for x in (x1, x2))
-                it += 1
-                if it >= total:
-                    return
+def after_step(run: Run, monitor: Monitor, m: StepMetrics, should_stop: Callable[[], bool] | None) -> None:
+    """The periodic actions: log, checkpoint every ``checkpoint_every`` iterations, and stop when asked
+    (``should_stop`` agreed over processes: save, then raise :class:`Interrupted`)."""
+    monitor.update(run, m)
+    stop = should_stop is not None and D.broadcast_flag(should_stop(), run.device)
+    done = run.iteration
+    if done % run.cfg.checkpoint_every == 0 or done == run.total or stop:
+        if run.info.is_main:
+            save_state(run.last_path, iteration=done, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
+                       config=run.config, forwards=run.forwards, precision=run.precision)
+        D.barrier()
+    if stop and done < run.total:
+        monitor.info(f"stop requested: state saved at iteration {done}/{run.total} in {run.last_path}")
+        raise Interrupted(done)
 
-    if start:
-        was = state.get("precision", "unrecorded")
-        log.info(f"resumed from {last_path} at iteration {start}/{total}"
-                 + (f" (written in {was}, continuing in {precision})" if was != precision else ""))
-    log.info(f"{cfg.preset}: {cfg.arch} ({cfg.stem} stem) widths [{cfg.width_range[0]:g}, {cfg.width_range[1]:g}], "
-             f"{cfg.dataset} {len(base)} images at {cfg.image_size}px, global batch {cfg.batch_size}, "
-             f"{total} iterations, {info.world_size} process(es) on {device}, {precision}")
-    model.train()
-    bar = tqdm(total=total, initial=start, disable=not info.is_main, dynamic_ncols=True, desc="pretrain")
-    stage, window_start, window_iters, skipped = None, time.perf_counter(), 0, 0
-    for it, x1, x2 in batches():
-        if sampler.stage(it) != stage:
-            stage = sampler.stage(it)
-            log.info(f"iteration {it}: stage {stage}, min width {sampler.min_width_at(it):g}")
-        widths = sampler.widths(it)
-        lr = lr_at(cfg, it, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        out = model.train_step(x1, x2, widths, backward=lambda loss: scaler.scale(loss).backward(),
-                               gather=D.gather, autocast=autocast)
-        forwards += len(widths)
-        if not math.isfinite(out.loss):
-            bar.close()
-            kept = f"last good checkpoint {last_path}" if last_path.exists() else "no checkpoint was written"
-            raise TrainingDiverged(f"loss became {out.loss} at iteration {it} (per width {out.losses}); "
-                                   f"training stopped, {kept}; lower lr or check the data")
-        alpha = reg.alpha_at(it) if reg is not None else 0.0
-        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
-        skipped += apply_gradients(optimizer, scaler, params, reg, alpha)
-        window_iters += 1
-        done = it + 1
-        if done % cfg.log_every == 0 or done == total:
-            elapsed = time.perf_counter() - window_start
-            ips = window_iters * cfg.batch_size / max(elapsed, 1e-9)
-            roles = {"max": out.proj_std[0]}
-            if len(out.proj_std) > 1:
-                roles["min"] = out.proj_std[-1]
-            log.record({"iteration": done, "epoch": it // iters_per_epoch, "loss": out.loss,
-                        "loss_per_width": out.losses, "widths": out.widths, "min_width": min(widths),
-                        "proj_std": out.proj_std, "proj_std_by_role": roles, "lr": lr, "group_alpha": alpha,
-                        "images_per_s": ips, "student_forwards": forwards, "precision": precision,
-                        "loss_scale": scale, "skipped_steps": skipped, "peak_memory_mb": peak_memory_mb(device)})
-            bar.set_postfix(loss=f"{out.loss:.3f}", min_w=f"{min(widths):.2f}", img_s=f"{ips:.0f}")
-            window_start, window_iters = time.perf_counter(), 0
-        bar.update(1)
-        stop = should_stop is not None and D.broadcast_flag(should_stop(), device)
-        if done % cfg.checkpoint_every == 0 or done == total or stop:
-            if info.is_main:
-                save_state(last_path, iteration=done, model=model, optimizer=optimizer, scaler=scaler,
-                           config=config_dict, forwards=forwards, precision=precision)
-            D.barrier()
-        if stop and done < total:
-            bar.close()
-            log.info(f"stop requested: state saved at iteration {done}/{total} in {last_path}")
-            log.close()
-            raise Interrupted(done)
-    bar.close()
-    log.info(f"student forwards: {forwards} over {total} iterations ({forwards / total:g} per iteration)")
-    if info.is_main:
-        backbone = build_model(cfg.arch, stem=cfg.stem, num_classes=0, width_range=cfg.width_range)
-        backbone.load_state_dict(model.encoder.backbone.state_dict())
-        us3l.save_checkpoint(backbone_path, backbone, method=cfg.preset, config=config_dict, provenance={
-            "iteration": total, "epoch": total / iters_per_epoch, "dataset": cfg.dataset,
-            "data_root": str(cfg.data_root) if cfg.data_root else None, "image_size": cfg.image_size,
-            "images_seen": total * cfg.batch_size, "student_forwards": forwards, "world_size": info.world_size,
-            "device": device_info(device, info.world_size), "precision": precision, "torch": str(torch.__version__)})
-        log.info(f"backbone checkpoint: {backbone_path}")
-    log.close()
-    D.barrier()
-    return backbone_path
+
+def finish(run: Run, monitor: Monitor) -> None:
+    """Export the student backbone as ``backbone.pth``: a us3l checkpoint with the run's provenance."""
+    cfg, total = run.cfg, run.total
+    monitor.info(f"student forwards: {run.forwards} over {total} iterations ({run.forwards / total:g} per iteration)")
+    if not run.info.is_main:
+        return
+    backbone = build_model(cfg.arch, stem=cfg.stem, num_classes=0, width_range=cfg.width_range)
+    backbone.load_state_dict(run.model.encoder.backbone.state_dict())
+    us3l.save_checkpoint(run.backbone_path, backbone, method=cfg.preset, config=run.config, provenance={
+        "iteration": total, "epoch": total / run.iters_per_epoch, "dataset": cfg.dataset,
+        "data_root": str(cfg.data_root) if cfg.data_root else None, "image_size": cfg.image_size,
+        "images_seen": total * cfg.batch_size, "student_forwards": run.forwards, "world_size": run.info.world_size,
+        "device": device_info(run.device, run.info.world_size), "precision": run.precision,
+        "torch": str(torch.__version__)})
+    monitor.info(f"backbone checkpoint: {run.backbone_path}")

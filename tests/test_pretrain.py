@@ -205,3 +205,29 @@ def test_channels_last_changes_memory_layout_not_the_run(tmp_path, data_dir):
         layouts.clear()
         losses[flag] = [json.loads(x)["loss"] for x in (tmp_path / f"cl{int(flag)}" / "metrics.jsonl").open()]
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_step_is_one_iteration_of_the_model_on_given_views(tmp_path, data_dir):
+    import copy
+
+    from pretrain import distributed as D
+    from pretrain.config import build_config
+    from pretrain.train import TrainingDiverged, build_run, lr_at, step
+
+    cfg = build_config({**TINY, "data_root": str(data_dir), "output_dir": str(tmp_path), "iterations": 8})
+    run = build_run(cfg, "tiny", torch.device("cpu"), D.DistInfo())
+    x1, x2 = torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0)).unbind()
+    run.iteration = 2  # quarter stage 1 of 8 iterations: max, one random, min 0.75
+    widths = run.sampler.widths(2)
+    twin = copy.deepcopy(run.model)
+    before = [p.detach().clone() for p in run.model.parameters() if p.requires_grad]
+
+    m = step(run, x1, x2)
+    expected = twin.train_step(x1, x2, widths, backward=lambda loss: loss.backward())
+    assert m.iteration == 2 and m.out.widths == widths and min(widths) == 0.75 and m.lr == lr_at(cfg, 2, 8)
+    assert m.loss == expected.loss and m.out.losses == expected.losses  # the same forward/backward, bit for bit
+    assert (run.iteration, run.forwards, run.skipped) == (3, 3, 0)
+    assert all(not torch.equal(a, b) for a, b in zip(before, run.params))  # every trainable tensor stepped
+    assert not (tmp_path / "tiny").exists()  # building and stepping write nothing
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at iteration 3 .*no checkpoint was written"):
+        step(run, torch.full_like(x1, float("nan")), x2)
