@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
@@ -405,7 +406,7 @@ def after_step(run: Run, monitor: Monitor, m: StepMetrics, should_stop: Callable
     """The periodic actions: log, checkpoint every ``checkpoint_every`` iterations, and stop when asked
     (``should_stop`` agreed over processes: save, then raise :class:`Interrupted`)."""
     monitor.update(run, m)
-    stop = should_stop is not None and D.broadcast_flag(should_stop(), run.device)
+    stop = should_stop is not None and _on_any_process(should_stop(), run.device)
     done = run.iteration
     if done % run.cfg.checkpoint_every == 0 or done == run.total or stop:
         if run.info.is_main:
@@ -415,6 +416,15 @@ def after_step(run: Run, monitor: Monitor, m: StepMetrics, should_stop: Callable
     if stop and done < run.total:
         monitor.info(f"stop requested: state saved at iteration {done}/{run.total} in {run.last_path}")
         raise Interrupted(done)
+
+
+def _on_any_process(flag: bool, device: torch.device) -> bool:
+    """True on every process if ``flag`` is true on any (so all save and stop at the same iteration)."""
+    if not D.active():
+        return flag
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
 
 
 def finish(run: Run, monitor: Monitor) -> None:
