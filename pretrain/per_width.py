@@ -12,9 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
-from .config import ConfigError, PretrainConfig, build_config, load_config, parse_value
+from .config import ConfigError, PretrainConfig, build_config, load_config, load_raw
 from .train import exit_status, train
 
 PAPER_WIDTHS = (1.0, 0.75, 0.5, 0.25)
@@ -41,10 +39,7 @@ def width_configs(path: str | Path, overrides: list[str], widths: tuple[float, .
     if cfg.objective().sampler != "single":
         raise ConfigError(f"{path} trains one slimmable model (sampler={cfg.objective().sampler}); "
                           f"per-width training is for single-width baselines: use python -m pretrain")
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        raw[key.strip()] = parse_value(value)
+    raw = load_raw(path, overrides)
     return [build_config({**raw, "width": w}) for w in widths]
 
 
