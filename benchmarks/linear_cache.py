@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import us3l
-from transfer import datasets as D
 from transfer.features import cache_key, extract, load_cached, save_cached
 from transfer.linear import Protocol, accuracy, backbone_batches, cached_batches, fit_linear
+from us3l import data as D
 
 DEMO_CKPT = Path("output/pretrain/demo_shapes/backbone.pth")
 
@@ -41,7 +41,7 @@ def main() -> None:
         ckpt = us3l.save_checkpoint(tmp / "random.pth", us3l.models.us_resnet18(num_classes=0), method="random-init",
                                     config={}, provenance={})
     ck = us3l.load_checkpoint(ckpt)
-    root = a.data_root or D.default_data_root()
+    root = a.data_root or D.data_root()
     size = D.input_size(ck, "shapes")
     tf = D.eval_transform(size, "shapes")
     train = Subset(D.build_dataset("shapes", "train", tf, root), range(a.train_size))

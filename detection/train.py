@@ -67,10 +67,11 @@ from detection.convert import (
     read_weights,
 )
 from detection.cost import detector_params_macs
-from detection.datasets import COCO_SET_FORM, CocoSet, check_dataset, image_files_of, register_job_datasets
+from detection.datasets import check_dataset, image_files_of, register_job_datasets
 from detection.evaluate import load_detector_weights, prepare_eval
 from detection.hooks import bound_checkpoints
 from us3l.atomic import atomic_path
+from us3l.data import COCO_SET_FORM, CocoSet
 from us3l.device import DEVICE_CHOICES, device_info, resolve_device
 from us3l.jobs import (
     Diverged,

@@ -17,8 +17,8 @@ from detectron2.config import CfgNode, get_cfg
 
 import us3l
 from detection.config import add_us3l_config
-from detection.datasets import write_shapes
 from detection.train import main
+from us3l.data import write_shapes
 from us3l.jobs import read_records
 
 TINY = ["SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "100", "MODEL.US3L.CALIBRATION_BATCHES", "1",

@@ -13,9 +13,10 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 
 import us3l
-from detection.datasets import DatasetMissingError, check_dataset, image_files_of, register_shapes
+from detection.datasets import check_dataset, image_files_of, register_shapes
 from detection.hooks import prune_checkpoints
 from detection.train import main
+from us3l.data import DatasetMissingError
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,9 @@ from pycocotools.coco import COCO
 import us3l
 from detection.config import add_us3l_config
 from detection.convert import convert
-from detection.datasets import SHAPE_CLASSES, check_builtin, write_shapes
 from detection.train import Trainer, checkpoint_precision, main, make_job
+from us3l.data import DETECTION_CLASSES as SHAPE_CLASSES
+from us3l.data import check_builtin, write_shapes
 from us3l.jobs import read_records
 
 ROOT = Path(__file__).resolve().parents[1]

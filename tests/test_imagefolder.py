@@ -13,8 +13,7 @@ from real_layouts import write_checkpoint
 import us3l
 from pretrain.__main__ import main as pretrain_main
 from transfer import knn, linear
-from transfer.datasets import DatasetMissing, build_dataset, num_classes
-from us3l.data import DatasetMissingError, build_pretrain_dataset
+from us3l.data import DatasetMissingError, build_dataset, build_pretrain_dataset, num_classes
 from us3l.jobs import read_records
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,7 +53,7 @@ def test_recognition_splits_and_classes(tmp_path):
 def test_bad_folders_are_one_line_errors(tmp_path, make, message):
     folder = tmp_path / "bad"
     make(folder)
-    with pytest.raises(DatasetMissing) as e:
+    with pytest.raises(DatasetMissingError) as e:
         for split in ("train", "test"):
             build_dataset(f"imagefolder:{folder}", split)
     assert message in str(e.value) and "\n" not in str(e.value)

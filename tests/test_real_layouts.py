@@ -1,5 +1,5 @@
 """The fixtures of tests/real_layouts.py are read by the project's real loaders: torchvision's readers
-through transfer.datasets and us3l.data, and Detectron2's built-in VOC/COCO names and evaluators."""
+through us3l.data, and Detectron2's built-in VOC/COCO names and evaluators."""
 
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ from real_layouts import (
 )
 from torchvision import datasets as tvd
 
-from transfer.datasets import build_dataset
-from us3l.data import build_pretrain_dataset
+from us3l.data import build_dataset, build_pretrain_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

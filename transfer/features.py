@@ -1,8 +1,8 @@
 """Frozen-backbone features, extracted once and cached on disk under a key of everything they depend on.
 
 The key holds the checkpoint's SHA-256, the width, the dataset, its split, a fingerprint of its
-files, the transform and the BatchNorm calibration settings. The file name carries the key's digest
-and the file stores the key itself, so a stale entry (any of those changed) is never read back. An entry
+files (:func:`fingerprint`), the transform and the BatchNorm calibration settings. The file name carries the
+key's digest and the file stores the key itself, so a stale entry (any of those changed) is never read back. An entry
 also names the job that wrote it (its spec id); jobs that differ only in the classifier's protocol share it.
 """
 
@@ -78,3 +78,14 @@ def extract(backbone: nn.Module, dataset: Dataset, *, batch_size: int, workers: 
         xs.append(backbone(images.to(device, non_blocking=True)).float().flatten(1).cpu())
         ys.append(torch.as_tensor(labels, dtype=torch.int64))
     return Features(torch.cat(xs), torch.cat(ys))
+
+
+def fingerprint(folders: list[Path]) -> str:
+    """A digest of the files under ``folders`` (path, size, mtime): changes when the data changes."""
+    digest = hashlib.sha256()
+    for base in folders:
+        for p in sorted(base.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                digest.update(f"{p.relative_to(base.parent)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import us3l
+from us3l import data as D
 from us3l.checkpoint import atomic_torch_save
 from us3l.device import DeviceError, device_info, resolve_device
 from us3l.jobs import (
@@ -67,8 +68,7 @@ from us3l.jobs import (
 from us3l.lars import LARS
 from us3l.models import USResNet
 
-from . import datasets as D
-from .features import Features, cache_key, extract, load_cached, save_cached
+from .features import Features, cache_key, extract, fingerprint, load_cached, save_cached
 
 Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 OPTIMIZERS = ("sgd", "lars")
@@ -279,7 +279,7 @@ class UsageError(ValueError):
     """Bad input to a linear evaluation (reported as one line, exit status 2)."""
 
 
-USAGE_ERRORS = (UsageError, SpecError, DeviceError, D.DatasetMissing, us3l.CheckpointError)
+USAGE_ERRORS = (UsageError, SpecError, DeviceError, D.DatasetMissingError, us3l.CheckpointError)
 
 
 class Evaluation:
@@ -292,7 +292,7 @@ class Evaluation:
         self.ddp, self.device = init_distributed(resolve_device(run.device, allow_cpu=spec.demo))
         self.width = spec.width
         self.workers = run.workers if run.workers is not None else (8 if self.device.type == "cuda" else 0)
-        self.root = Path(run.data_root) if run.data_root else D.default_data_root()
+        self.root = Path(run.data_root) if run.data_root else D.data_root()
         self.cache_dir = Path(run.cache_dir) if run.cache_dir else Path(run.results).parent / "cache" / "linear"
         self.image_size = spec.protocol["image_size"]
         self.transform = D.eval_transform(self.image_size, spec.dataset)
@@ -307,7 +307,7 @@ class Evaluation:
     def key(self, split: str) -> dict[str, Any]:
         if self._fingerprint is None:
             folders = D.data_folders(self.spec.dataset, self.root, list(self.data.values()))
-            self._fingerprint = D.fingerprint(folders)
+            self._fingerprint = fingerprint(folders)
         return cache_key(checkpoint_sha256=self.ck.sha256, random_init=self.spec.random_init, width=self.width,
                          dataset=self.spec.dataset, split=split, data=self._fingerprint,
                          transform=repr(self.transform), calibration=self.calibration)

@@ -38,9 +38,9 @@ import yaml
 
 from us3l.channels import ARCHS
 from us3l.checkpoint import CheckpointError, load_checkpoint
+from us3l.data import SPECS
 
 from . import reference as R
-from .datasets import SPECS
 
 DETECTION_TASKS = ("voc", "coco")
 SUITE_KEYS = {"name", "arch", "widths", "tasks", "baseline", "reference", "demo", "methods"}

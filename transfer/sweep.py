@@ -84,7 +84,7 @@ class Task:
 def parse_tasks(text: str) -> list[Task]:
     """``voc,coco,linear:cifar100,linear+augment:cifar10,knn:imagefolder:/data/x`` -> tasks (``UsageError`` naming
     the accepted forms)."""
-    from .datasets import SPECS, spec
+    from us3l.data import SPECS, spec
 
     tasks = []
     for name in (t.strip() for t in text.split(",")):
@@ -322,7 +322,7 @@ class Sweep:
     def __init__(self, cfg: SweepConfig, out: Callable[[str], None] = print) -> None:
         self.cfg, self.out = cfg, out
         if cfg.demo:
-            from .datasets import spec
+            from us3l.data import spec
 
             real = [t.name for t in cfg.tasks if t.kind in RECOGNITION_TASKS and not spec(t.dataset).demo]
             if real:
