@@ -40,10 +40,17 @@ def add_us3l_config(cfg: CfgNode) -> CfgNode:
     return cfg
 
 
-# Channel counts of the FPN and R-CNN heads that SCALE_HEADS derives from the width. The RPN head has
-# no key of its own: its 3x3 conv keeps the FPN's channels, so it shrinks with MODEL.FPN.OUT_CHANNELS.
-HEAD_KEYS = ("MODEL.FPN.OUT_CHANNELS", "MODEL.ROI_BOX_HEAD.CONV_DIM", "MODEL.ROI_BOX_HEAD.FC_DIM",
-             "MODEL.ROI_MASK_HEAD.CONV_DIM")
+# Channel counts of the FPN and R-CNN heads that SCALE_HEADS derives from the width, with the floor each
+# never goes below. The RPN head has no key of its own: its 3x3 conv keeps the FPN's channels, so it shrinks
+# with MODEL.FPN.OUT_CHANNELS. The FPN/RPN floor (64) and the box FC floor (256) are what the paper's heads
+# (FPN 256, FC 1024) have at 0.25, the smallest width of the US3L range, so they never bind on the paper's
+# configs at widths >= 0.25; the box and mask convolutions, the bulk of the heads' MACs (4 convs on every
+# RoI), may go down to 32. They keep an already narrow config (demo.yaml: FPN 64, convs 64, FC 256) from
+# collapsing to 16/16/64 at 0.25, which lost half the demo AP (docs/benchmarks.md, "Demo AP at 0.25").
+# A config value below its floor is kept as it is (the floor never widens a head).
+HEAD_FLOORS = {"MODEL.FPN.OUT_CHANNELS": 64, "MODEL.ROI_BOX_HEAD.CONV_DIM": 32, "MODEL.ROI_BOX_HEAD.FC_DIM": 256,
+               "MODEL.ROI_MASK_HEAD.CONV_DIM": 32}
+HEAD_KEYS = tuple(HEAD_FLOORS)
 
 
 def _get(cfg: CfgNode, key: str):
@@ -61,15 +68,20 @@ def _set(cfg: CfgNode, key: str, value) -> None:
 def scale_heads(cfg: CfgNode, width: float, explicit: tuple[str, ...] | set[str] = ()) -> dict[str, int]:
     """Scale the FPN and R-CNN head channels (``HEAD_KEYS``) to ``width`` in place; returns the new values.
 
-    Each count C (the config file's value at full width) becomes ``make_divisible(C * width)``, the rule the
-    backbone's layers follow: the nearest multiple of 8, never below 90% of ``C * width``, and at least 8
-    channels (the floor). Keys in ``explicit`` (given on the command line) are taken as they are: an
-    explicit channel count is the count wanted at this width and is never scaled again.
+    Each count C (the config file's value at full width) becomes ``max(make_divisible(C * width),
+    min(C, HEAD_FLOORS[key]))``: the rule the backbone's layers follow (the nearest multiple of 8, never
+    below 90% of ``C * width``, at least 8), then the key's floor (64 channels for the FPN/RPN, 32 for the
+    box/mask convolutions, 256 for the box head's FC) unless C itself is smaller. On the paper's configs the
+    floors change nothing at widths >= 0.25 (FPN/convs 64, FC 256 there); below 0.25 the FPN stays at 64 and
+    the FC at 256.
+    Keys in ``explicit`` (given on the command line) are taken as they are: an explicit channel count is
+    the count wanted at this width and is neither scaled again nor floored.
     """
     out = {}
-    for key in HEAD_KEYS:
+    for key, floor in HEAD_FLOORS.items():
         if key not in explicit:
-            _set(cfg, key, make_divisible(_get(cfg, key) * width))
+            full = _get(cfg, key)
+            _set(cfg, key, max(make_divisible(full * width), min(full, floor)))
         out[key] = _get(cfg, key)
     return out
 

@@ -80,3 +80,13 @@ def test_pinned_boxes_are_fixed_and_inside_the_image():
     t = a.tensor
     assert (t[:, 0] >= 0).all() and (t[:, 2] <= 120).all() and (t[:, 1] >= 0).all() and (t[:, 3] <= 80).all()
     assert (t[:, 2] > t[:, 0]).all() and (t[:, 3] > t[:, 1]).all()
+
+
+def test_clock_charges_its_timers_laps():
+    ticks = iter([1.0, 3.0, 6.0, 6.5])
+    clock = Clock(timer=lambda: next(ticks))
+    clock.start()
+    clock.lap("network")
+    clock.lap("post")
+    clock.lap("network")
+    assert clock.laps == {"network": 2.5, "post": 3.0}
