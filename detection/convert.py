@@ -31,15 +31,17 @@ import us3l
 from us3l.atomic import atomic_path
 from us3l.channels import channel_plan
 from us3l.checkpoint import state_mismatch
-from us3l.data import MEAN_STD
+from us3l.data import MEAN_STD, DatasetMissingError
+from us3l.errors import UsageError, run_cli
 
 FORMAT = "us3l-d2-backbone"
 VERSION = 1
 AUTHOR = "us3l-bench detection.convert"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+PROG = "python -m detection.convert"
 
 
-class WeightsError(ValueError):
+class WeightsError(UsageError):
     """A Detectron2 weight file is not ours, or does not fit the model/config it is loaded into."""
 
 
@@ -105,10 +107,10 @@ def image_files(root: str | os.PathLike) -> list[Path]:
     """All image files under ``root`` (sorted)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"calibration image folder {root} does not exist")
+        raise DatasetMissingError(f"calibration image folder {root} does not exist")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+        raise DatasetMissingError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     return files
 
 
@@ -273,35 +275,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def convert_command(args: argparse.Namespace) -> None:
+    """The conversion a command line asks for (``UsageError`` for bad input, before anything is written)."""
+    if not args.output.endswith(".pkl"):
+        raise UsageError("--output must end in .pkl (a Detectron2 weight file)")
+    if args.calibration_batches < 0 or args.batch_size < 1:
+        raise UsageError("--calibration-batches must be >= 0 and --batch-size >= 1")
+    if args.calibration_batches > 0 and not args.calibration_images:
+        raise UsageError("calibration needs --calibration-images DIR (or --calibration-batches 0 to keep the "
+                         "checkpoint's stored BatchNorm statistics)")
+    ck = us3l.load_checkpoint(args.checkpoint)
+    ck.check_width(args.width)
+    batches, calibration = None, {}
+    if args.calibration_batches > 0:
+        mean, std = pixel_stats(ck.config)
+        files = image_files(args.calibration_images)
+        batches = calibration_batches(files, num_batches=args.calibration_batches, batch_size=args.batch_size,
+                                      size=args.size, pixel_mean=mean, pixel_std=std)
+        calibration = {"images": str(args.calibration_images), "batch_size": args.batch_size, "size": args.size}
+    out = convert(ck, args.width, args.output, batches=batches, num_batches=args.calibration_batches,
+                  calibration=calibration, device=args.device)
+    print(f"wrote {out} ({ck.arch} at width {args.width:g})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.output.endswith(".pkl"):
-        print("error: --output must end in .pkl (a Detectron2 weight file)", file=sys.stderr)
-        return 2
-    if args.calibration_batches < 0 or args.batch_size < 1:
-        print("error: --calibration-batches must be >= 0 and --batch-size >= 1", file=sys.stderr)
-        return 2
-    if args.calibration_batches > 0 and not args.calibration_images:
-        print("error: calibration needs --calibration-images DIR (or --calibration-batches 0 to keep the "
-              "checkpoint's stored BatchNorm statistics)", file=sys.stderr)
-        return 2
-    try:
-        ck = us3l.load_checkpoint(args.checkpoint)
-        ck.check_width(args.width)
-        batches, calibration = None, {}
-        if args.calibration_batches > 0:
-            mean, std = pixel_stats(ck.config)
-            files = image_files(args.calibration_images)
-            batches = calibration_batches(files, num_batches=args.calibration_batches, batch_size=args.batch_size,
-                                          size=args.size, pixel_mean=mean, pixel_std=std)
-            calibration = {"images": str(args.calibration_images), "batch_size": args.batch_size, "size": args.size}
-        out = convert(ck, args.width, args.output, batches=batches, num_batches=args.calibration_batches,
-                      calibration=calibration, device=args.device)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out} ({ck.arch} at width {args.width:g})")
-    return 0
+    return run_cli(PROG, lambda: convert_command(args))
 
 
 if __name__ == "__main__":

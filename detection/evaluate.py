@@ -30,6 +30,7 @@ from detection.convert import WeightsError
 from detection.datasets import check_dataset, register_job_datasets
 from us3l.checkpoint import file_sha256
 from us3l.device import resolve_device
+from us3l.errors import UsageError
 from us3l.jobs import JobSpec
 
 RUN_CONFIG = "config.yaml"
@@ -43,13 +44,13 @@ def is_test_option(key: str) -> bool:
 
 
 def check_test_options(opts: list[str]) -> list[str]:
-    """The override keys of ``opts`` (KEY VALUE pairs); ``ValueError`` for any that is not a test-time option."""
+    """The override keys of ``opts`` (KEY VALUE pairs); ``UsageError`` for any that is not a test-time option."""
     if len(opts) % 2:
-        raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
+        raise UsageError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
     keys = list(opts[0::2])
     bad = [k for k in keys if not is_test_option(k)]
     if bad:
-        raise ValueError(f"--eval-only takes test-time options only (TEST.*, *_TEST keys, MODEL.RPN.NMS_THRESH, "
+        raise UsageError(f"--eval-only takes test-time options only (TEST.*, *_TEST keys, MODEL.RPN.NMS_THRESH, "
                          f"DATASETS.TEST); {', '.join(bad)} would change the trained model or its training")
     return keys
 
@@ -77,7 +78,10 @@ def eval_config(run_dir: Path, opts: list[str], device: str) -> tuple[CfgNode, d
     keys = check_test_options(opts)
     cfg = add_us3l_config(get_cfg())
     cfg.merge_from_file(str(run_dir / RUN_CONFIG))
-    cfg.merge_from_list(list(opts))
+    try:
+        cfg.merge_from_list(list(opts))
+    except (AssertionError, KeyError, ValueError) as e:  # yacs: a key the config lacks, a value of another type
+        raise UsageError(f"--eval-only override: {e}") from None
     cfg.MODEL.DEVICE = device
     cfg.MODEL.WEIGHTS = ""
     cfg.OUTPUT_DIR = str(run_dir / EVAL_DIR)
@@ -121,9 +125,9 @@ def eval_spec(run_dir: Path, cfg: CfgNode, args: argparse.Namespace, options: di
     held = json.loads((run_dir / RUN_JOB).read_text())["spec"]
     spec = JobSpec(**held)
     if spec.task != args.task:
-        raise ValueError(f"--eval-only: {run_dir} is a {spec.task} run, not {args.task}: use --task {spec.task}")
+        raise UsageError(f"--eval-only: {run_dir} is a {spec.task} run, not {args.task}: use --task {spec.task}")
     if spec.demo != args.demo:
-        raise ValueError(f"--eval-only: {run_dir} is {'a' if spec.demo else 'not a'} demo run: "
+        raise UsageError(f"--eval-only: {run_dir} is {'a' if spec.demo else 'not a'} demo run: "
                          f"{'add' if spec.demo else 'drop'} --demo")
     return dataclasses.replace(spec, dataset=cfg.DATASETS.TEST[0],
                                protocol={**spec.protocol, "eval_only": eval_protocol(args.weights, options)})
@@ -131,14 +135,14 @@ def eval_spec(run_dir: Path, cfg: CfgNode, args: argparse.Namespace, options: di
 
 def prepare_eval(args: argparse.Namespace) -> tuple[CfgNode, JobSpec, str]:
     """Check an ``--eval-only`` command line (``detection.train``'s arguments) and the run it names; returns the
-    evaluation config, its spec and the datasets directory. Bad input raises ``ValueError``/``FileNotFoundError``."""
+    evaluation config, its spec and the datasets directory. Bad input raises ``UsageError``."""
     if not args.weights:
-        raise ValueError("--eval-only needs --weights RUN_DIR/model_final.pth (a finished detection.train run)")
+        raise UsageError("--eval-only needs --weights RUN_DIR/model_final.pth (a finished detection.train run)")
     given = [flag for attr, flag in TRAINING_FLAGS.items() if getattr(args, attr)]
     if given:
-        raise ValueError(f"--eval-only evaluates the run as it was trained: drop {', '.join(given)}")
+        raise UsageError(f"--eval-only evaluates the run as it was trained: drop {', '.join(given)}")
     if args.num_gpus != 1:
-        raise ValueError("--eval-only runs in one process: drop --num-gpus")
+        raise UsageError("--eval-only runs in one process: drop --num-gpus")
     run_dir = run_dir_of(args.weights)
     cfg, options = eval_config(run_dir, list(args.opts), resolve_device(args.device, allow_cpu=args.demo).type)
     spec = eval_spec(run_dir, cfg, args, options)

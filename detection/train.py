@@ -73,6 +73,7 @@ from detection.hooks import bound_checkpoints
 from us3l.atomic import atomic_path
 from us3l.data import COCO_SET_FORM, CocoSet
 from us3l.device import DEVICE_CHOICES, device_info, resolve_device
+from us3l.errors import UsageError, run_cli
 from us3l.jobs import (
     Diverged,
     JobSpec,
@@ -88,6 +89,7 @@ from us3l.jobs import (
 )
 
 logger = logging.getLogger("us3l.detection")
+PROG = "python -m detection.train"
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,7 @@ def run_dir_for(output: str, spec: JobSpec) -> Path:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m detection.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--task", required=True, choices=("voc", "coco"))
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="slimmable backbone checkpoint (converted at --width before training)")
@@ -237,10 +239,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class UsageError(ValueError):
-    """Bad command-line input."""
-
-
 def checkpoint_precision(path: Path) -> str | None:
     """The precision a Detectron2 training checkpoint was written in: our CPU trainer records it, Detectron2's
     ``AMPTrainer`` leaves a ``grad_scaler`` (float16 autocast), ``SimpleTrainer`` neither (float32). None
@@ -267,9 +265,6 @@ def check_resume_precision(run_dir: Path, wanted: str) -> None:
         amp = "True" if was.startswith("amp") else "False"
         raise UsageError(f"--resume: {last} was trained in {was}, this run would continue in {wanted}; resume "
                          f"on the same device type with SOLVER.AMP.ENABLED {amp}, or drop --resume to start over")
-
-
-USAGE_ERRORS = (ValueError, FileNotFoundError)  # UsageError, SpecError, CheckpointError, WeightsError, missing data
 
 
 def describe_coco_sets(task: str, train: str | None, test: str | None) -> dict[str, dict[str, Any]]:
@@ -316,7 +311,7 @@ def resolve_config(task: str, arch: str, width: float, pixel: tuple[list[float],
     ``seed`` (``--seed``) as ``SEED`` when given."""
     try:
         cfg = build_config(task, arch=arch, width=width, demo=demo, opts=list(overrides), device=device, pixel=pixel)
-    except KeyError as e:  # yacs: an override of a key the config does not have
+    except (AssertionError, KeyError) as e:  # yacs: an override of a key the config does not have
         raise UsageError(f"config override: {e.args[0]}") from None
     if coco_sets:
         apply_coco_sets(cfg, coco_sets, overrides)
@@ -387,7 +382,7 @@ def make_job(argv: Sequence[str], ck: us3l.BackboneCheckpoint | None = None) -> 
 
     Checks what the result depends on (checkpoint or weights, width, config and overrides, seed); what
     depends on the machine (device, datasets) is checked by :func:`prepare`. Argument errors exit with
-    status 2 (argparse); bad input raises one of ``USAGE_ERRORS``.
+    status 2 (argparse); bad input raises a ``UsageError``.
     """
     args = parse_args(argv)
     if args.num_gpus < 1:
@@ -580,25 +575,25 @@ def worker(cfg: CfgNode, job: Job) -> None:
         logger.info("results %s -> %s", metrics, path)
 
 
-def run_job(spec: JobSpec, run: DetectionRun) -> int:
-    """Run a detection job (what a sweep submits); returns the exit status: 0, 1 when it failed (with a failed
-    record), 2 for bad input (one line, nothing written)."""
+def train_job(spec: JobSpec, run: DetectionRun) -> None:
+    """Check, then train and evaluate a detection job: ``UsageError`` before anything is written, ``Diverged``
+    (a failed record written) when a loss or metric is not finite."""
     if spec.protocol["deterministic"]:
         make_deterministic()  # before the conversion's CUDA work; spawned workers call it again
-    try:
-        cfg, job = prepare(spec, run)
-    except USAGE_ERRORS as e:  # CheckpointError, WeightsError, DatasetMissingError, ...
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg, job = prepare(spec, run)
     with atomic_path(Path(job.run_dir) / "config.yaml") as tmp:
         Path(tmp).write_text(cfg.dump())
     write_json_atomic(Path(job.run_dir) / "job.json", job.to_json())
     try:
         launch(worker, run.num_gpus, dist_url="auto", args=(cfg, job))
     except Diverged as e:
-        print(f"error: diverged: {e}; failed record in {job.results_dir}", file=sys.stderr)
-        return 1
-    return 0
+        raise Diverged(f"diverged: {e}; failed record in {job.results_dir}") from None
+
+
+def run_job(spec: JobSpec, run: DetectionRun) -> int:
+    """Run a detection job (what a sweep submits); its exit status: 0, 1 when it failed (with a failed record),
+    2 for bad input (one line, nothing written)."""
+    return run_cli(PROG, lambda: train_job(spec, run))
 
 
 def eval_worker(cfg: CfgNode, job: Job) -> None:
@@ -615,31 +610,26 @@ def eval_worker(cfg: CfgNode, job: Job) -> None:
         logger.info("eval-only %s: %s -> %s", job.weights, metrics, path)
 
 
-def run_eval_only(argv: Sequence[str]) -> int:
-    """``--eval-only``: exit status 0, or 2 for bad input (one line, nothing written)."""
+def evaluate_only(argv: Sequence[str]) -> None:
+    """``--eval-only``: re-evaluate a finished run into a record of its own (``UsageError`` before anything runs)."""
     args = parse_args(argv)
-    try:
-        cfg, spec, datasets_dir = prepare_eval(args)
-    except USAGE_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg, spec, datasets_dir = prepare_eval(args)
     job = Job(spec=spec, run_dir=cfg.OUTPUT_DIR, results_dir=args.results, datasets_dir=datasets_dir,
               weights=str(Path(args.weights).resolve()), resume=False, command=command_line("detection.train", argv))
     Path(job.run_dir).mkdir(parents=True, exist_ok=True)
     launch(eval_worker, 1, dist_url="auto", args=(cfg, job))
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if parse_args(argv).eval_only:
-        return run_eval_only(argv)
-    try:
-        spec, run = make_job(argv)
-    except USAGE_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return run_job(spec, run)
+
+    def body() -> None:
+        if parse_args(argv).eval_only:
+            evaluate_only(argv)
+        else:
+            train_job(*make_job(argv))
+
+    return run_cli(PROG, body)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from us3l.errors import run_cli
+
 from .config import load_config
-from .train import exit_status, train
+from .train import train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="YAML file, e.g. pretrain/configs/demo_shapes.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. batch_size=64")
     args = parser.parse_args(argv)
-    return exit_status(lambda: train(load_config(args.config, args.overrides), Path(args.config).stem))
+
+    def run() -> None:
+        train(load_config(args.config, args.overrides), Path(args.config).stem)
+
+    return run_cli(parser.prog, run)
 
 
 if __name__ == "__main__":

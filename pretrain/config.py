@@ -16,13 +16,14 @@ from typing import Any
 
 import yaml
 
-from us3l.channels import ARCHS
+from us3l.channels import ARCHS, check_width_range
 from us3l.data import PRETRAIN_DATASETS, is_image_folder
+from us3l.errors import UsageError
 from us3l.models import STEMS
 from us3l.ssl import PRESETS, SSL_FIELDS, SSLConfig, preset_config
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """Bad configuration or command-line input (exit status 2)."""
 
 
@@ -166,9 +167,7 @@ def validate(cfg: PretrainConfig) -> None:
     if (not isinstance(wr, (list, tuple)) or len(wr) != 2
             or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in wr)):
         raise ConfigError(f"width_range must be [min, max], got {wr!r}")
-    lo, hi = float(wr[0]), float(wr[1])
-    if not 0.0 < lo <= hi <= 1.0:
-        raise ConfigError(f"width_range [{lo:g}, {hi:g}] must lie in (0, 1] with min <= max, e.g. [0.25, 1.0]")
+    lo, hi = check_width_range(float(wr[0]), float(wr[1]), what="width_range")
     cfg.width_range = (lo, hi)
     try:
         ssl = cfg.objective()

@@ -12,8 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from us3l.errors import run_cli
+
 from .config import ConfigError, PretrainConfig, build_config, load_config, load_raw
-from .train import exit_status, train
+from .train import train
 
 PAPER_WIDTHS = (1.0, 0.75, 0.5, 0.25)
 
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             path = train(cfg, run_name(stem, cfg.objective().width))
             print(f"width {cfg.objective().width:g}: {path}")
 
-    return exit_status(run)
+    return run_cli(parser.prog, run)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from pathlib import Path
 import submitit
 import torch
 
+from us3l.errors import RunFailed, UsageError, run_cli
+
 from .config import ConfigError, load_config
 from .train import Interrupted, train
 
@@ -113,28 +115,26 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(a, name)
         if value is not None and value < (0 if name in ("gpus_per_node", "max_timeouts") else 1):
             p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    return run_cli(p.prog, lambda: submit_and_wait(a))
+
+
+def submit_and_wait(a: argparse.Namespace) -> None:
+    """Submit the job of the command line ``a``; with ``--wait``, wait for its backbone checkpoint."""
     try:
         job = submit(a.config, a.overrides, nodes=a.nodes, gpus_per_node=a.gpus_per_node,
                      tasks_per_node=a.tasks_per_node, cpus_per_task=a.cpus_per_task, partition=a.partition,
                      timeout_min=a.timeout_min, max_timeouts=a.max_timeouts)
-    except ConfigError as e:
-        print(f"python -m pretrain.slurm: error: {e}", file=sys.stderr)
-        return 2
     except RuntimeError as e:  # submitit: no sbatch/srun on this machine
-        print(f"python -m pretrain.slurm: error: {e} (bash scripts/slurm_up.sh starts a local Slurm)", file=sys.stderr)
-        return 2
+        raise UsageError(f"{e} (bash scripts/slurm_up.sh starts a local Slurm)") from None
     print(f"submitted Slurm job {job.job_id}; logs: {job.paths.stdout.parent}")
     if not a.wait:
-        return 0
+        return
     while not job.paths.result_pickle.exists():
         time.sleep(10)
     try:
         print(f"backbone checkpoint: {job.result()}")
     except submitit.core.utils.FailedJobError as e:
-        print(f"python -m pretrain.slurm: error: job {job.job_id} failed; see {job.paths.stderr}\n{e}",
-              file=sys.stderr)
-        return 1
-    return 0
+        raise RunFailed(f"job {job.job_id} failed; see {job.paths.stderr}\n{e}") from None
 
 
 if __name__ == "__main__":

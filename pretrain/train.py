@@ -7,7 +7,6 @@ import contextlib
 import math
 import os
 import resource
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,9 +20,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 import us3l
-from us3l.data import DatasetMissingError, TwoViews, build_pretrain_dataset, is_image_folder, simclr_augmentation
-from us3l.device import DeviceError, device_info, resolve_device
+from us3l.data import TwoViews, build_pretrain_dataset, is_image_folder, simclr_augmentation
+from us3l.device import device_info, resolve_device
 from us3l.device import precision_name as device_precision
+from us3l.errors import RunFailed
 from us3l.group_reg import GroupRegularizer, regularized_parameters
 from us3l.models import build_model
 from us3l.samplers import Sampler as WidthSampler
@@ -35,22 +35,8 @@ from .metrics import RunLogger
 from .state import load_state, restore_scaler, save_state, set_rng_state
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunFailed, RuntimeError):
     """The loss became NaN or infinite (exit status 1; the last good checkpoint is kept)."""
-
-
-def exit_status(run: Callable[[], object]) -> int:
-    """Run a program's work: 0 when it finishes; a bad configuration prints one line and gives 2, a
-    diverged run (the last good checkpoint kept) one line and 1."""
-    try:
-        run()
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
 
 
 class GlobalBatches(Sampler[list[int]]):
@@ -158,10 +144,8 @@ def train(cfg: PretrainConfig, config_name: str, should_stop: Callable[[], bool]
     ``should_stop`` is polled after every iteration (agreed over processes); when it returns True the
     state is saved to ``last.pth`` and :class:`Interrupted` is raised.
     """
-    try:  # the CPU is a silent fallback only for the built-in demo data
-        device = resolve_device(cfg.device, allow_cpu=cfg.dataset == "shapes", cpu_flag="device=cpu")
-    except DeviceError as e:
-        raise ConfigError(str(e)) from e
+    # the CPU is a silent fallback only for the built-in demo data
+    device = resolve_device(cfg.device, allow_cpu=cfg.dataset == "shapes", cpu_flag="device=cpu")
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -244,10 +228,7 @@ def build_run(cfg: PretrainConfig, config_name: str, device: torch.device, info:
     """
     if cfg.batch_size % info.world_size:
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {info.world_size} processes")
-    try:
-        data = build_pretrain_dataset(cfg.dataset, cfg.data_root, cfg.image_size, cfg.seed)
-    except DatasetMissingError as e:
-        raise ConfigError(str(e)) from e
+    data = build_pretrain_dataset(cfg.dataset, cfg.data_root, cfg.image_size, cfg.seed)
     iters_per_epoch = len(data) // cfg.batch_size
     if iters_per_epoch == 0:
         raise ConfigError(f"dataset {cfg.dataset!r} has {len(data)} images, fewer than batch_size {cfg.batch_size}")

@@ -98,7 +98,8 @@ def test_real_run_without_cuda_stops_naming_device_cpu(tmp_path, ckpt, capsys):
     out = ["--output", str(tmp_path / "det"), "--results", str(tmp_path / "res")]
     assert main(["--task", "voc", "--checkpoint", str(ckpt), "--width", "0.5", *out]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line == ("error: no CUDA device is visible and this is not a demo run (it would train on CPU): "
+    assert line == ("python -m detection.train: error: no CUDA device is visible and this is not a demo run "
+                    "(it would train on CPU): "
                     "pass --device cpu to run it on CPU anyway")
     assert main(["--task", "voc", "--checkpoint", str(ckpt), "--width", "0.5", "--demo", "--device", "cuda",
                  *out]) == 2
@@ -151,7 +152,7 @@ def test_coco_demo_writes_box_and_mask_record(tmp_path, ckpt, capsys):
                  "--output", str(tmp_path / "det"), "--results", str(tmp_path / "res"),
                  "SOLVER.MAX_ITER", "5", "SOLVER.CHECKPOINT_PERIOD", "100", *TINY]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"error: {run_dir} holds run {rec['id']}, not this job's ")
+    assert line.startswith(f"python -m detection.train: error: {run_dir} holds run {rec['id']}, not this job's ")
     assert "protocol.max_iter" in line and "overrides" in line
     assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before  # nothing written
     assert len(read_records(tmp_path / "res")) == 1
@@ -164,7 +165,8 @@ def test_diverged_run_exits_1_with_a_failed_record(tmp_path, ckpt, capsys):
                  "--output", str(tmp_path / "det"), "--results", str(tmp_path / "res"),
                  "SOLVER.BASE_LR", "1e30", "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "100", *TINY]) == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("error: diverged: ") and "NaN" in line and line.endswith(f"failed record in {tmp_path}/res")
+    assert line.startswith("python -m detection.train: error: diverged: ") and "NaN" in line
+    assert line.endswith(f"failed record in {tmp_path}/res")
     [rec] = read_records(tmp_path / "res")
     assert (rec["status"], rec["metrics"]) == ("failed", {}) and rec["error"].startswith("FloatingPointError: ")
     assert rec["cost"]["detector_params"] > rec["cost"]["backbone_params"] > 0

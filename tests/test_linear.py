@@ -86,7 +86,7 @@ def test_lr_nan_fails_with_a_failed_record_and_exit_1(setup, tmp_path, capsys):
     argv[argv.index("--results") + 1] = str(tmp_path / "r")
     assert linear.main(argv) == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
-    assert line.startswith("transfer.linear: error: diverged: the linear classifier's loss became NaN")
+    assert line.startswith("python -m transfer.linear: error: diverged: the linear classifier's loss became NaN")
     [path] = (tmp_path / "r").glob("linear-cifar10-w0.5000-*.json")
     rec = json.loads(path.read_text(), parse_constant=_no_constants)  # strict JSON
     assert (rec["status"], rec["metrics"], rec["undefined_metrics"]) == ("failed", {}, [])
@@ -239,7 +239,7 @@ def test_real_data_without_cuda_needs_device_cpu(setup, tmp_path, capsys):
     argv[argv.index("--results") + 1] = str(tmp_path / "r")
     assert linear.main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("transfer.linear: error: no CUDA device") and "--device cpu" in err
+    assert err.startswith("python -m transfer.linear: error: no CUDA device") and "--device cpu" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "r").exists()
 
 

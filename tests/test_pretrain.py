@@ -95,7 +95,7 @@ def test_bad_input_is_one_line_error_exit_2(tmp_path, data_dir, capsys, override
         setup(run)
     assert main(["--config", str(cfg), f"output_dir={tmp_path / 'out'}", *overrides]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert err.startswith("python -m pretrain: error: ") and message in err and "\n" not in err
     assert not (run / "backbone.pth").exists()
     written = sorted(p.name for p in run.iterdir()) if run.exists() else []
     assert written == (["last.pth"] if setup else [])
@@ -150,7 +150,7 @@ def test_cli_process_exit_status_and_one_line_error(tmp_path, data_dir):
                            "width_range=[0.25, 2]"], capture_output=True, text=True, cwd=root,
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: width_range")
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("python -m pretrain: error: width_range")
     assert not (tmp_path / "cli").exists()
 
 
@@ -177,7 +177,8 @@ def test_real_data_without_cuda_stops_naming_device_cpu(tmp_path, data_dir, caps
                        device="auto")
     assert main(["--config", str(cfg), f"output_dir={tmp_path / 'out'}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: no CUDA device is visible") and "pass device=cpu" in err and "\n" not in err
+    assert err.startswith("python -m pretrain: error: no CUDA device is visible")
+    assert "pass device=cpu" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
     # the built-in demo data may fall back to the CPU
     demo = write_config(tmp_path / "demo.yaml", data_dir, device="auto", iterations=1)

@@ -111,7 +111,7 @@ def test_gpu_sweep_asks_slurm_for_gpus(tmp_path, capsys):
     assert sweep.main(["--checkpoint", str(ckpt), "--tasks", "voc", "--widths", "0.5", "--executor", "slurm",
                        "--gpus-per-job", "1", "--results", str(tmp_path / "r"), "--output", str(tmp_path / "o")]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("transfer.sweep: error: sbatch refused the detection jobs: ") and "gres" in line
+    assert line.startswith("python -m transfer.sweep: error: sbatch refused the detection jobs: ") and "gres" in line
     [sbatch] = (tmp_path / "o" / "logs").glob(".submission_file_*.sh")  # left where submitit wrote it
     lines = sbatch.read_text().splitlines()
     assert {"#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8"} <= set(lines)

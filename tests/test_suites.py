@@ -126,7 +126,7 @@ methods:
     ("arch: resnet18\nwidth: [1.0]\n", "unknown key(s) width; a suite has"),
     ("arch: resnet99\nwidths: [1.0]\ntasks: [voc]\nbaseline: A\nmethods: {A: {checkpoint: a}}", "unknown arch"),
     ("arch: resnet18\nwidths: [1.0, 1.2]\ntasks: [voc]\nbaseline: A\nmethods: {A: {checkpoint: a}}",
-     "width 1.2 is not in (0, 1]"),
+     "widths: width must be a number in (0, 1], got 1.2"),
     ("arch: resnet18\nwidths: [1.0]\ntasks: [voc, linear:imagenette]\nbaseline: A\nmethods: {A: {checkpoint: a}}",
      "unknown task 'linear:imagenette'; expected voc, coco or linear:DATASET with DATASET one of cifar10"),
     ("arch: resnet18\nwidths: [1.0]\ntasks: [linear:shapes]\nbaseline: A\nmethods: {A: {checkpoint: a}}",

@@ -122,8 +122,8 @@ def test_real_sweep_without_cuda_stops_before_submitting(tmp_path, capsys):
             "--output", str(tmp_path / "o")]
     assert sweep.main(argv) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line == ("transfer.sweep: error: the jobs would run on CPU (no CUDA device is visible here) and this "
-                    "is not a demo sweep: pass --device cpu to run them on CPU anyway")
+    assert line == ("python -m transfer.sweep: error: the jobs would run on CPU (no CUDA device is visible here) "
+                    "and this is not a demo sweep: pass --device cpu to run them on CPU anyway")
     assert not (tmp_path / "o").exists()
 
 
@@ -214,7 +214,7 @@ def test_sbatch_refusal_is_one_line_exit_2(tmp_path, fake_sbatch, capsys):
     assert sweep.main(["--checkpoint", str(ckpt), "--tasks", "voc", "--executor", "slurm",
                        "--results", str(tmp_path / "r"), "--output", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "transfer.sweep: error: sbatch refused the detection jobs: "
+        "python -m transfer.sweep: error: sbatch refused the detection jobs: "
         "sbatch: error: Invalid generic resource (gres) specification")
 
 

@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 
 import us3l
-from us3l.jobs import Diverged, JobSpec, record_name
+from us3l.errors import run_cli
+from us3l.jobs import JobSpec
 
-from .linear import USAGE_ERRORS, Evaluation, LinearRun, add_job_arguments, check_job_arguments, evaluate, job_spec
+from .linear import Evaluation, LinearRun, add_job_arguments, check_job_arguments, evaluate, job_spec
 
+PROG = "python -m transfer.knn"
 KS = (20, 200)
 TEMPERATURE = 0.07
 
@@ -79,8 +81,8 @@ def _ks(text: str) -> tuple[int, ...]:
 def make_job(argv: Sequence[str], ck: us3l.BackboneCheckpoint | None = None) -> tuple[JobSpec, LinearRun]:
     """The spec and run settings of a command line (``ck``: the loaded ``--checkpoint``, to skip reading it).
 
-    Argument errors exit with status 2 (argparse); bad input raises one of ``USAGE_ERRORS``."""
-    p = argparse.ArgumentParser(prog="python -m transfer.knn", description=__doc__.split("\n\n")[0])
+    Argument errors exit with status 2 (argparse); bad input raises a ``UsageError``."""
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add_job_arguments(p)
     p.add_argument("--k", type=_ks, default=KS, help="neighbours, comma-separated (default 20,200)")
     p.add_argument("--temperature", type=float, default=TEMPERATURE, help="vote temperature T (default 0.07)")
@@ -93,35 +95,26 @@ def make_job(argv: Sequence[str], ck: us3l.BackboneCheckpoint | None = None) -> 
                            device=a.device, argv=tuple(argv))
 
 
-def run_job(spec: JobSpec, run: LinearRun) -> int:
-    """Run a kNN job (what a sweep submits); returns the exit status: 0, 1 when it failed (with a failed record),
-    2 for bad input (one line, nothing written)."""
+def knn_job(spec: JobSpec, run: LinearRun) -> None:
+    """Evaluate, record, and print the result line."""
     first = f"knn{spec.protocol['ks'][0]}_top1"
-    try:
-        record = evaluate(spec, run, measure, program="transfer.knn", required=(first,))
-    except USAGE_ERRORS as e:
-        print(f"transfer.knn: error: {e}", file=sys.stderr)
-        return 2
-    except Diverged as e:
-        path = f"{run.results}/{record_name(spec.to_dict())}"
-        print(f"transfer.knn: error: {e}; failed record -> {path}", file=sys.stderr)
-        return 1
+    record = evaluate(spec, run, measure, program="transfer.knn", required=(first,))
     assert record is not None  # kNN runs in one process
     m = record["metrics"]
     print(f"knn {spec.dataset} width {spec.width:g}: " + ", ".join(f"k={k} top-1 {m[f'knn{k}_top1']:.2f}"
                                                                  for k in spec.protocol["ks"])
           + f" ({record['wall_time_s']:.1f} s) -> {record['_path']}")
-    return 0
+
+
+def run_job(spec: JobSpec, run: LinearRun) -> int:
+    """Run a kNN job (what a sweep submits); returns the exit status: 0, 1 when it failed (with a failed record),
+    2 for bad input (one line, nothing written)."""
+    return run_cli(PROG, lambda: knn_job(spec, run))
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 for bad input, with a one-line error; 1 when it failed)."""
-    try:
-        spec, run = make_job(sys.argv[1:] if argv is None else argv)
-    except USAGE_ERRORS as e:
-        print(f"transfer.knn: error: {e}", file=sys.stderr)
-        return 2
-    return run_job(spec, run)
+    return run_cli(PROG, lambda: knn_job(*make_job(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -53,15 +53,14 @@ from tqdm import tqdm
 import us3l
 from us3l import data as D
 from us3l.checkpoint import atomic_torch_save
-from us3l.device import DeviceError, device_info, resolve_device
+from us3l.device import device_info, resolve_device
+from us3l.errors import UsageError, run_cli
 from us3l.jobs import (
     Diverged,
     JobSpec,
-    SpecError,
     command_line,
     make_record,
     provenance,
-    record_name,
     split_metrics,
     write_record,
 )
@@ -71,6 +70,7 @@ from us3l.models import USResNet
 from .features import Features, cache_key, extract, fingerprint, load_cached, save_cached
 
 Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+PROG = "python -m transfer.linear"
 OPTIMIZERS = ("sgd", "lars")
 SCHEDULES = ("step", "cosine")
 
@@ -275,13 +275,6 @@ class LinearRun:
     run_dir: str | None = None  # the classifier's per-epoch state (default RESULTS/../runs/linear/<spec id>)
 
 
-class UsageError(ValueError):
-    """Bad input to a linear evaluation (reported as one line, exit status 2)."""
-
-
-USAGE_ERRORS = (UsageError, SpecError, DeviceError, D.DatasetMissingError, us3l.CheckpointError)
-
-
 class Evaluation:
     """A recognition job's frozen backbone: calibrated export at the width, cached features, the linear probe."""
 
@@ -385,8 +378,8 @@ def evaluate(spec: JobSpec, run: LinearRun, measure: Callable[[Evaluation], dict
     """Run one job (``measure`` of its :class:`Evaluation`) and write its record; returns the record (``_path``: its
     file), or None in a torchrun process other than 0 (process 0 writes the record).
 
-    Bad input raises one of ``USAGE_ERRORS`` before anything is written. A failure while training (``Diverged``
-    or any other exception) writes a failed record, then propagates.
+    Bad input raises a ``UsageError`` before anything is written. A failure while training (``Diverged``
+    or any other exception) writes a failed record, then propagates (``Diverged`` naming the record).
     """
     start = time.time()
     ev = Evaluation(spec, run)
@@ -412,8 +405,11 @@ def evaluate(spec: JobSpec, run: LinearRun, measure: Callable[[Evaluation], dict
             return None
         metrics, undefined = split_metrics(measured, required=required)
     except Exception as e:
-        if ev.ddp.main:
-            write({}, [], f"{type(e).__name__}: {e}")
+        if not ev.ddp.main:
+            raise
+        failed = write({}, [], f"{type(e).__name__}: {e}")
+        if isinstance(e, Diverged):
+            raise Diverged(f"diverged: {e}; failed record -> {failed['_path']}") from None
         raise
     return write(metrics, undefined, None)
 
@@ -474,7 +470,7 @@ def job_spec(a: argparse.Namespace, ck: us3l.BackboneCheckpoint | None, task: st
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m transfer.linear", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add_job_arguments(p)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crops + flips through the backbone every epoch instead of cached features "
@@ -507,7 +503,7 @@ def linear_protocol(a: argparse.Namespace) -> Protocol:
 def make_job(argv: Sequence[str], ck: us3l.BackboneCheckpoint | None = None) -> tuple[JobSpec, LinearRun]:
     """The spec and run settings of a command line (``ck``: the loaded ``--checkpoint``, to skip reading it).
 
-    Argument errors exit with status 2 (argparse); bad input raises one of ``USAGE_ERRORS``."""
+    Argument errors exit with status 2 (argparse); bad input raises a ``UsageError``."""
     a = parse_args(argv)
     protocol = {k: v for k, v in asdict(linear_protocol(a)).items() if k != "seed"}
     protocol["augment"] = a.augment if a.augment is not None else a.dataset == "imagenet"
@@ -520,33 +516,24 @@ def make_job(argv: Sequence[str], ck: us3l.BackboneCheckpoint | None = None) -> 
     return spec, run
 
 
-def run_job(spec: JobSpec, run: LinearRun) -> int:
-    """Run a linear job (what a sweep submits); returns the exit status: 0, 1 when it failed (with a failed
-    record), 2 for bad input (one line, nothing written)."""
-    try:
-        record = evaluate(spec, run)
-    except USAGE_ERRORS as e:
-        print(f"transfer.linear: error: {e}", file=sys.stderr)
-        return 2
-    except Diverged as e:
-        path = Path(run.results) / record_name(spec.to_dict())
-        print(f"transfer.linear: error: diverged: {e}; failed record -> {path}", file=sys.stderr)
-        return 1
+def linear_job(spec: JobSpec, run: LinearRun) -> None:
+    """Evaluate, record, and print the result line (process 0)."""
+    record = evaluate(spec, run)
     if record is not None:
         m = record["metrics"]
         print(f"linear {spec.dataset} width {spec.width:g}: top-1 {m['top1']:.2f}"
               + (f", top-5 {m['top5']:.2f}" if "top5" in m else "") + f" -> {record['_path']}")
-    return 0
+
+
+def run_job(spec: JobSpec, run: LinearRun) -> int:
+    """Run a linear job (what a sweep submits); returns the exit status: 0, 1 when it failed (with a failed
+    record), 2 for bad input (one line, nothing written)."""
+    return run_cli(PROG, lambda: linear_job(spec, run))
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 for bad input, with a one-line error; 1 when it failed)."""
-    try:
-        spec, run = make_job(sys.argv[1:] if argv is None else argv)
-    except USAGE_ERRORS as e:
-        print(f"transfer.linear: error: {e}", file=sys.stderr)
-        return 2
-    return run_job(spec, run)
+    return run_cli(PROG, lambda: linear_job(*make_job(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -32,11 +32,18 @@ from typing import Any
 
 from us3l.atomic import atomic_path
 from us3l.checkpoint import file_sha256
+from us3l.errors import UsageError, run_cli
 
 from .reference import PAPER, Entry, read_reference
-from .suites import Suite, SuiteError, load_suite
+from .suites import Suite, load_suite
 
 RECORD_VERSION = 2
+
+
+class RecordError(UsageError):
+    """A file in the results directory that is not a complete run record (one line naming it)."""
+
+
 DETECTION_TASKS = ("voc", "coco")
 RECOGNITION_PANELS = {"linear": ("top1", "linear top-1 (%)"), "knn": ("knn20_top1", "kNN (k=20) top-1 (%)")}
 FIGURE_PANELS = {"voc": [("AP50", "VOC AP50"), ("AP", "VOC AP"), ("AP75", "VOC AP75")],
@@ -100,7 +107,7 @@ def parse_record(obj: Any, path: str) -> Run | None:
                    cost={k: float(v) for k, v in (obj.get("cost") or {}).items() if isinstance(v, (int, float))},
                    id=str(obj["id"]), finished_at=str(obj.get("finished_at", "")))
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: not a complete run record ({type(e).__name__}: {e})") from None
+        raise RecordError(f"{path}: not a complete run record ({type(e).__name__}: {e})") from None
 
 
 def read_runs(results_dir: str | os.PathLike) -> list[Run]:
@@ -110,7 +117,7 @@ def read_runs(results_dir: str | os.PathLike) -> list[Run]:
         try:
             obj = json.loads(p.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not valid JSON ({e})") from None
+            raise RecordError(f"{p}: not valid JSON ({e})") from None
         run = parse_record(obj, str(p))
         if run and (run.id not in latest or run.finished_at >= latest[run.id].finished_at):
             latest[run.id] = run
@@ -642,10 +649,10 @@ def render(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *, suite:
     """Write the figures, ``summary.md`` and the CSV tables of ``results_dir`` into ``out_dir``."""
     runs = read_runs(results_dir)
     if not runs:
-        raise FileNotFoundError(f"no run records in {results_dir}; run `make sweep` (or `make demo`) first")
+        raise UsageError(f"no run records in {results_dir}; run `make sweep` (or `make demo`) first")
     groups, dropped = data_groups(runs, suite, reference)
     if not groups:
-        raise FileNotFoundError(f"none of the {len(runs)} runs in {results_dir} belongs to suite {suite.name} "
+        raise UsageError(f"none of the {len(runs)} runs in {results_dir} belongs to suite {suite.name} "
                                 f"({suite.path}); run `make sweep SUITE={suite.path}` first")
     baseline = baseline or (suite.baseline if suite else None)
     out = Path(out_dir)
@@ -679,27 +686,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--x", default="width,backbone_macs,detector_macs",
                    help=f"x-axes, comma-separated, of {', '.join(X_AXES)} (detector ones on detection figures)")
     a = p.parse_args(argv)
+    return run_cli(p.prog, lambda: plot_command(a))
+
+
+def plot_command(a: argparse.Namespace) -> None:
+    """Render the figures and tables a command line asks for; print the summary and what was written."""
     xs = tuple(x.strip() for x in a.x.split(","))
-
-    def error(msg: str) -> int:
-        print(f"transfer.plot: error: {msg}", file=sys.stderr)
-        return 2
-
     if not xs or any(x not in X_AXES for x in xs):
-        return error(f"--x takes a comma-separated subset of {', '.join(X_AXES)}, got {a.x!r}")
+        raise UsageError(f"--x takes a comma-separated subset of {', '.join(X_AXES)}, got {a.x!r}")
     if not Path(a.results).is_dir():
-        return error(f"no results directory {a.results}; run `make sweep` (or `make demo`) first")
-    try:
-        suite = load_suite(a.suite, a.output_root) if a.suite else None
-        figures, summary = render(a.results, a.output, suite=suite, reference=None if a.no_reference else a.reference,
-                                  baseline=a.baseline, xs=xs)
-    except (FileNotFoundError, ValueError, SuiteError) as e:
-        return error(str(e))
+        raise UsageError(f"no results directory {a.results}; run `make sweep` (or `make demo`) first")
+    suite = load_suite(a.suite, a.output_root) if a.suite else None
+    figures, summary = render(a.results, a.output, suite=suite, reference=None if a.no_reference else a.reference,
+                              baseline=a.baseline, xs=xs)
     print(summary)
     for f in figures:
         print(f"wrote {f}")
     print(f"wrote {Path(a.output) / 'summary.md'} and the CSV tables beside it")
-    return 0
 
 
 if __name__ == "__main__":

@@ -36,9 +36,10 @@ from typing import Any
 
 import yaml
 
-from us3l.channels import ARCHS
+from us3l.channels import ARCHS, WidthError, check_width
 from us3l.checkpoint import CheckpointError, load_checkpoint
 from us3l.data import SPECS
+from us3l.errors import UsageError
 
 from . import reference as R
 
@@ -47,7 +48,7 @@ SUITE_KEYS = {"name", "arch", "widths", "tasks", "baseline", "reference", "demo"
 METHOD_KEYS = {"checkpoint", "checkpoints", "widths", "random_init"}
 
 
-class SuiteError(ValueError):
+class SuiteError(UsageError):
     """A suite file or one of its checkpoints is wrong (one line naming the file and the fix)."""
 
 
@@ -161,9 +162,11 @@ def _widths(value: Any, what: str, fail) -> tuple[float, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(w, (int, float)) for w in value):
         raise fail(f"{what} must be a list of numbers, e.g. [1.0, 0.75, 0.5, 0.25]; got {value!r}")
     out = tuple(float(w) for w in value)
-    bad = [w for w in out if not 0 < w <= 1]
-    if bad:
-        raise fail(f"{what}: width {bad[0]:g} is not in (0, 1]")
+    for w in out:
+        try:
+            check_width(w)
+        except WidthError as e:
+            raise fail(f"{what}: {e}") from None
     if any(same_width(a, b) for i, a in enumerate(out) for b in out[i + 1:]):
         raise fail(f"{what} lists a width twice: {value!r}")
     return out

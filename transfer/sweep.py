@@ -46,6 +46,7 @@ import torch
 
 import us3l
 from us3l.device import DEVICE_CHOICES
+from us3l.errors import UsageError, run_cli
 from us3l.jobs import JobSpec, command_line, read_records
 
 from .suites import Suite, SuiteError, load_suite, suite_jobs
@@ -53,10 +54,7 @@ from .suites import Suite, SuiteError, load_suite, suite_jobs
 DETECTION_TASKS = ("voc", "coco")
 RECOGNITION_TASKS = ("linear", "knn")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-class UsageError(ValueError):
-    """Bad input to a sweep (one line, exit status 2)."""
+PROG = "python -m transfer.sweep"
 
 
 @dataclass(frozen=True)
@@ -224,12 +222,9 @@ def job_gpus(cfg: SweepConfig, cuda_visible: bool) -> int:
 
 
 def suite_cells(suite: Suite) -> list[Cell]:
-    """The cells of a suite: each method's checkpoint(s) at its widths on every task (``UsageError`` naming a
+    """The cells of a suite: each method's checkpoint(s) at its widths on every task (``SuiteError`` naming a
     missing or mismatched checkpoint)."""
-    try:
-        jobs = suite_jobs(suite)
-    except SuiteError as e:
-        raise UsageError(str(e)) from None
+    jobs = suite_jobs(suite)
     return [Cell(parse_tasks(j.task_name)[0], j.checkpoint, j.width, j.random_init, f"{j.method}: {j.task_name}")
             for j in jobs]
 
@@ -276,17 +271,14 @@ def plan(cfg: SweepConfig, cells: list[Cell], gpus: int) -> list[Planned]:
     jobs: dict[str, Planned] = {}
     for cell in cells:
         if cell.checkpoint not in checkpoints:
-            try:
-                checkpoints[cell.checkpoint] = us3l.load_checkpoint(cell.checkpoint)
-            except us3l.CheckpointError as e:
-                raise UsageError(str(e)) from None
+            checkpoints[cell.checkpoint] = us3l.load_checkpoint(cell.checkpoint)
         program = importlib.import_module(cell.task.module)
         for seed in cfg.seeds:
             row = cell.row or cell.task.name
             row += f" seed={seed}" if len(cfg.seeds) > 1 else ""
             try:
                 spec, run = program.make_job(job_argv(cfg, cell, seed, gpus), checkpoints[cell.checkpoint])
-            except program.USAGE_ERRORS as e:
+            except UsageError as e:
                 raise UsageError(f"{row} w={cell.width:g}: {e}") from None
             jobs.setdefault(spec.id, Planned(cell.task, spec, run, row))
     return list(jobs.values())
@@ -569,22 +561,22 @@ def parse_args(argv: list[str] | None) -> SweepConfig:
                        slurm_extra=extra, poll_s=a.poll_s)
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
+def run_sweep(cfg: SweepConfig) -> int:
+    """Submit the jobs without results, wait for them and print the table; 1 when a job failed."""
     if cfg.executor == "slurm" and subprocess.run(["which", "sbatch"], capture_output=True).returncode != 0:
-        print("transfer.sweep: error: --executor slurm needs Slurm's sbatch on PATH "
-              "(bash scripts/slurm_up.sh starts a local one), or use --executor local", file=sys.stderr)
-        return 2
-    try:
-        sweep = Sweep(cfg)
-        sweep.submit()
-    except UsageError as e:
-        print(f"transfer.sweep: error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError("--executor slurm needs Slurm's sbatch on PATH (bash scripts/slurm_up.sh starts a local "
+                         "one), or use --executor local")
+    sweep = Sweep(cfg)
+    sweep.submit()
     if not sweep.jobs:
         print(sweep.table())
         return 0
     return sweep.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    return run_cli(PROG, lambda: run_sweep(cfg))
 
 
 if __name__ == "__main__":

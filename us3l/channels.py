@@ -13,9 +13,41 @@ Nothing here derives a stage's channels from the previous stage.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from .errors import UsageError
+
 DIVISOR = 8
+WIDTH_TOLERANCE = 1e-9  # a width written out to 9 digits (0.333333333) is in a range ending at 1/3
+
+
+class WidthError(UsageError):
+    """A width or width range that the model, checkpoint or job does not support (one line naming the range)."""
+
+
+def check_width(width: object, lo: float | None = None, hi: float | None = None, of: str = "") -> float:
+    """``width`` as a float: a number in (0, 1], and in ``[lo, hi]`` when given (``of``: whose range, for the
+    message); else :class:`WidthError`. The one check of a width, wherever one comes in."""
+    ok = isinstance(width, (int, float, str)) and not isinstance(width, bool)
+    try:
+        w = float(width) if ok else math.nan
+    except ValueError:
+        w = math.nan
+    if lo is not None and hi is not None:  # a range within (0, 1]
+        if not lo - WIDTH_TOLERANCE <= w <= hi + WIDTH_TOLERANCE:  # NaN too
+            shown = repr(width) if math.isnan(w) else f"{w:g}"
+            raise WidthError(f"width {shown} is outside the range [{lo:g}, {hi:g}]{of}; pick a width in it")
+    elif not 0.0 < w <= 1.0:  # NaN too
+        raise WidthError(f"width must be a number in (0, 1], got {width!r}")
+    return w
+
+
+def check_width_range(lo: float, hi: float, what: str = "width range") -> tuple[float, float]:
+    """``(lo, hi)`` as floats with 0 < lo <= hi <= 1, else :class:`WidthError` naming ``what``."""
+    if not 0.0 < lo <= hi <= 1.0:
+        raise WidthError(f"{what} [{lo:g}, {hi:g}] must lie in (0, 1] with min <= max, e.g. [0.25, 1.0]")
+    return float(lo), float(hi)
 STEM_CHANNELS = 64
 STAGE_MID = (64, 128, 256, 512)  # bottleneck (3x3) channels of res2..res5, torchvision's ``planes``
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -140,8 +172,7 @@ def _layers(block: str, stem: int, stages: tuple[StagePlan, ...]) -> dict[str, i
 def channel_plan(arch: str, width: float, divisor: int = DIVISOR) -> ChannelPlan:
     """``arch`` at ``width``: every block and layer, each rounding its own full-width count."""
     spec = arch_spec(arch)
-    if not 0.0 < width <= 1.0:
-        raise ValueError(f"width must be in (0, 1], got {width}")
+    check_width(width)
     stages = []
     cin_full = spec.stem
     for i in range(len(spec.depths)):

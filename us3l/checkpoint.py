@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from .atomic import atomic_path
-from .channels import ARCHS, DIVISOR
-from .layers import check_width
+from .channels import ARCHS, DIVISOR, check_width, check_width_range
+from .errors import UsageError
 from .models import STEMS, USResNet
 
 FORMAT = "us3l-backbone"
@@ -20,7 +20,7 @@ VERSION = 1
 MAKE_ONE = "a us3l backbone checkpoint written by `make pretrain` (or us3l.save_checkpoint)"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A file is not a valid us3l backbone checkpoint."""
 
 
@@ -75,13 +75,8 @@ class BackboneCheckpoint:
     provenance: dict[str, Any]
 
     def check_width(self, width: float) -> float:
-        """``width`` as a float, or ``ValueError`` naming the checkpoint's range."""
-        try:
-            return check_width(width, *self.width_range)
-        except ValueError:
-            lo, hi = self.width_range
-            raise ValueError(f"width {float(width):g} is outside the range [{lo:g}, {hi:g}] this checkpoint "
-                             f"({self.path}) was trained for; pick a width in it") from None
+        """``width`` as a float, or ``WidthError`` naming the range this checkpoint was trained for."""
+        return check_width(width, *self.width_range, of=f" this checkpoint ({self.path}) was trained for")
 
     def build_model(self) -> USResNet:
         """The slimmable backbone (no classifier) at full width with these weights."""
@@ -160,8 +155,11 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> Backbon
     if obj["stem"] not in STEMS:
         raise CheckpointError(f"{path}: unknown stem {obj['stem']!r}; expected one of {STEMS}")
     rng = obj["width_range"]
-    if not (isinstance(rng, (list, tuple)) and len(rng) == 2 and 0 < rng[0] <= rng[1] <= 1):
-        raise CheckpointError(f"{path}: width range {rng!r} is invalid; expected [min, max] with 0 < min <= max <= 1")
+    try:
+        check_width_range(*rng)
+    except (TypeError, ValueError):  # WidthError, or not two numbers
+        raise CheckpointError(f"{path}: width range {rng!r} is invalid; expected [min, max] with 0 < min <= max "
+                              "<= 1") from None
     if obj["divisor"] != DIVISOR:
         raise CheckpointError(f"{path}: channel divisor {obj['divisor']!r} differs from this library's {DIVISOR}")
     _check_state(path, obj["arch"], obj["stem"], obj["state_dict"])

@@ -12,10 +12,12 @@ from typing import Any
 
 import torch
 
+from .errors import UsageError
+
 DEVICE_CHOICES = ("auto", "cuda", "cpu")
 
 
-class DeviceError(ValueError):
+class DeviceError(UsageError):
     """The requested device is not usable here (one line naming the override)."""
 
 

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """Bad user input (arguments, config, files, machine): the program prints one line and exits 2."""
 
 

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_path
+from .channels import WidthError, check_width
+from .errors import RunFailed, UsageError
 
 if TYPE_CHECKING:
     from .checkpoint import BackboneCheckpoint
@@ -43,11 +45,11 @@ SIGNIFICANT_DIGITS = 12  # floats are compared at this precision: 1/3 and 0.3333
 ID_LENGTH = 16
 
 
-class SpecError(ValueError):
+class SpecError(UsageError):
     """A job spec that cannot run (one line naming what to change; exit status 2)."""
 
 
-class Diverged(RuntimeError):
+class Diverged(RunFailed, RuntimeError):
     """A NaN or infinite loss or metric: the job ends with exit status 1 and a failed record."""
 
 
@@ -98,8 +100,12 @@ class JobSpec:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise SpecError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
-        if not isinstance(self.width, (int, float)) or isinstance(self.width, bool) or not 0 < self.width <= 1:
+        if isinstance(self.width, str):
             raise SpecError(f"width must be a number in (0, 1], got {self.width!r}")
+        try:
+            check_width(self.width)
+        except WidthError as e:
+            raise SpecError(str(e)) from None
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise SpecError(f"seed must be an integer >= 0, got {self.seed!r}")
         if len(self.checkpoint_sha256) != 64 or set(self.checkpoint_sha256) - set("0123456789abcdef"):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .channels import DIVISOR, scaled
+from .channels import DIVISOR, check_width, scaled
 
 
 class _Slimmable:
@@ -104,17 +104,9 @@ def width_range(model: nn.Module) -> tuple[float, float]:
     return tuple(getattr(model, "width_range", (0.25, 1.0)))  # type: ignore[return-value]
 
 
-def check_width(width: float, lo: float, hi: float) -> float:
-    """Return ``width`` as float, or raise ``ValueError`` naming the allowed range."""
-    w = float(width)
-    if not lo - 1e-9 <= w <= hi + 1e-9:
-        raise ValueError(f"width {w:g} is outside this model's range [{lo:g}, {hi:g}]; pick a width in it")
-    return w
-
-
 def set_width(model: nn.Module, width: float) -> nn.Module:
     """Switch every slimmable layer of ``model`` to ``width`` (validated against ``model.width_range``)."""
-    w = check_width(width, *width_range(model))
+    w = check_width(width, *width_range(model), of=" of this model")
     for m in model.modules():
         if isinstance(m, SLIMMABLE):
             m.width = w

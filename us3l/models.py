@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .channels import BlockPlan, channel_plan
+from .channels import BlockPlan, channel_plan, check_width_range
 from .layers import USBatchNorm2d, USConv2d, USLinear
 
 STEMS = ("imagenet", "cifar")
@@ -74,12 +74,10 @@ class USResNet(nn.Module):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; expected one of {STEMS}")
-        lo, hi = width_range
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"width range must satisfy 0 < min <= max <= 1, got [{lo}, {hi}]")
+        lo, hi = check_width_range(*width_range)
         plan = channel_plan(arch, 1.0)
         self.arch, self.stem, self.num_classes = arch, stem, num_classes
-        self.width_range = (float(lo), float(hi))
+        self.width_range = (lo, hi)
         self.width = 1.0
         if stem == "imagenet":
             self.conv1 = USConv2d(3, plan.stem, 7, stride=2, padding=3, slim_in=False)

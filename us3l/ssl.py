@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .channels import check_width
 from .group_reg import ALPHA_SCHEDULES, check_alpha
 from .layers import set_width
 from .losses import at_least_fp32, nt_xent, unit_mse
@@ -109,8 +110,8 @@ class SSLConfig:
             raise ValueError(f"sampler={self.sampler} needs num_widths >= {lowest}, got {self.num_widths}")
         if self.dynamic_stages and self.sampler != "dynamic":
             raise ValueError("dynamic_stages applies to sampler=dynamic only: remove it or set sampler=dynamic")
-        if not all(0.0 < w <= 1.0 for w in self.dynamic_stages):
-            raise ValueError(f"dynamic_stages must be widths in (0, 1], got {self.dynamic_stages}")
+        for w in self.dynamic_stages:
+            check_width(w)
         check_alpha(self.group_alpha, self.groups)
         return self
 

@@ -245,7 +245,7 @@ def check_builtin(name: str) -> None:
         )
 
 
-class DatasetSpecError(UsageError, ValueError):
+class DatasetSpecError(UsageError):
     """A ``coco:NAME=ANNOTATIONS.json,IMAGES_DIR`` argument that is malformed or names an unusable set."""
 
 
