@@ -14,6 +14,7 @@ from detectron2.config import CfgNode, get_cfg
 from detection.backbone import GN_GROUPS
 from us3l.channels import make_divisible
 from us3l.device import precision_name
+from us3l.errors import UsageError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TASK_CONFIGS = {"voc": "voc_faster_rcnn_R50_FPN.yaml", "coco": "coco_mask_rcnn_R50_FPN_1x.yaml"}
@@ -92,7 +93,7 @@ def check_head_norms(cfg: CfgNode) -> None:
                               ("MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_BOX_HEAD.CONV_DIM"),
                               ("MODEL.ROI_MASK_HEAD.NORM", "MODEL.ROI_MASK_HEAD.CONV_DIM")):
         if _get(cfg, norm_key) == "GN" and _get(cfg, dim_key) % GN_GROUPS:
-            raise ValueError(f"{norm_key} 'GN' needs {dim_key} divisible by {GN_GROUPS}, got {_get(cfg, dim_key)} "
+            raise UsageError(f"{norm_key} 'GN' needs {dim_key} divisible by {GN_GROUPS}, got {_get(cfg, dim_key)} "
                              f"at width {cfg.MODEL.US3L.WIDTH:g}; use 'BN', 'SyncBN' or set {dim_key} explicitly")
 
 
@@ -106,7 +107,7 @@ def build_config(task: str, *, arch: str, width: float, demo: bool = False, opts
     GradScaler on CUDA and bfloat16 autocast on CPU (see :func:`precision`). The config is not frozen.
     """
     if task not in TASK_CONFIGS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_CONFIGS)}")
+        raise UsageError(f"unknown task {task!r}; expected one of {sorted(TASK_CONFIGS)}")
     cfg = add_us3l_config(get_cfg())
     cfg.merge_from_file(str(CONFIG_DIR / TASK_CONFIGS[task]))
     if demo:
@@ -119,17 +120,20 @@ def build_config(task: str, *, arch: str, width: float, demo: bool = False, opts
         cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = list(pixel[0]), list(pixel[1])
     if opts:
         if len(opts) % 2:
-            raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
-        cfg.merge_from_list(list(opts))
+            raise UsageError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
+        try:
+            cfg.merge_from_list(list(opts))
+        except (AssertionError, KeyError, ValueError) as e:  # yacs: a key the config lacks, a value of another type
+            raise UsageError(f"config override: {e}") from None
     if float(cfg.MODEL.US3L.WIDTH) != float(width):
-        raise ValueError("set the width with --width, not MODEL.US3L.WIDTH")
+        raise UsageError("set the width with --width, not MODEL.US3L.WIDTH")
     if cfg.MODEL.US3L.SCALE_HEADS:
         scale_heads(cfg, float(width), explicit=set((opts or [])[0::2]))
     check_head_norms(cfg)
     if cfg.SOLVER.LOG_PERIOD < 1:
-        raise ValueError(f"SOLVER.LOG_PERIOD must be >= 1, got {cfg.SOLVER.LOG_PERIOD}")
+        raise UsageError(f"SOLVER.LOG_PERIOD must be >= 1, got {cfg.SOLVER.LOG_PERIOD}")
     if cfg.SOLVER.CHECKPOINTS_TO_KEEP < 1:
-        raise ValueError(f"SOLVER.CHECKPOINTS_TO_KEEP must be >= 1, got {cfg.SOLVER.CHECKPOINTS_TO_KEEP}")
+        raise UsageError(f"SOLVER.CHECKPOINTS_TO_KEEP must be >= 1, got {cfg.SOLVER.CHECKPOINTS_TO_KEEP}")
     return cfg
 
 

@@ -309,10 +309,7 @@ def resolve_config(task: str, arch: str, width: float, pixel: tuple[list[float],
                    coco_sets: dict[str, dict[str, Any]] | None = None) -> CfgNode:
     """The run's config: the task's, the overrides, your COCO-format sets (:func:`describe_coco_sets`), then
     ``seed`` (``--seed``) as ``SEED`` when given."""
-    try:
-        cfg = build_config(task, arch=arch, width=width, demo=demo, opts=list(overrides), device=device, pixel=pixel)
-    except (AssertionError, KeyError) as e:  # yacs: an override of a key the config does not have
-        raise UsageError(f"config override: {e.args[0]}") from None
+    cfg = build_config(task, arch=arch, width=width, demo=demo, opts=list(overrides), device=device, pixel=pixel)
     if coco_sets:
         apply_coco_sets(cfg, coco_sets, overrides)
     if seed is not None:
