@@ -420,19 +420,24 @@ def check_run_dir(run_dir: Path, spec: JobSpec) -> None:
                          f"{differ}): give another --run-dir, or none for this job's own directory")
 
 
-def prepare(spec: JobSpec, run: DetectionRun) -> tuple[CfgNode, Job]:
-    """Check the machine (device, GPUs, datasets), the run directory and that ``spec`` still resolves to itself
-    here; build the config and convert the backbone. Nothing trains here."""
-    device = resolve_device(run.device, allow_cpu=spec.demo).type
+def check_machine(run: DetectionRun, demo: bool) -> str:
+    """The device type this job runs on here (``UsageError`` when it cannot: no CUDA, too few GPUs)."""
+    device = resolve_device(run.device, allow_cpu=demo).type
     if device == "cpu" and run.num_gpus > 1:
         raise UsageError(f"--num-gpus {run.num_gpus} needs CUDA (Detectron2 launches several processes with "
                          f"NCCL only); on CPU use --num-gpus 1")
     if run.num_gpus > 1 and torch.cuda.device_count() < run.num_gpus:
         raise UsageError(f"--num-gpus {run.num_gpus} but {torch.cuda.device_count()} CUDA devices are visible")
+    return device
+
+
+def config_here(spec: JobSpec, run: DetectionRun, device: str) -> tuple[CfgNode, us3l.BackboneCheckpoint | None]:
+    """The job's config on this machine, and its checkpoint (None with ``--weights``); ``UsageError`` unless the
+    spec still resolves to itself here (same config files, overrides, weights)."""
     ck = None
     if run.weights:
-        data = read_weights(run.weights)
-        arch, pixel = data["us3l"]["arch"], (data["us3l"]["pixel_mean"], data["us3l"]["pixel_std"])
+        meta = read_weights(run.weights)["us3l"]
+        arch, pixel = meta["arch"], (meta["pixel_mean"], meta["pixel_std"])
     else:
         ck = us3l.load_checkpoint(spec.checkpoint)
         spec.check_checkpoint(ck.sha256)
@@ -447,33 +452,52 @@ def prepare(spec: JobSpec, run: DetectionRun) -> tuple[CfgNode, Job]:
         differ = ", ".join(spec_diff(canonical(here), canonical(spec.protocol)))
         raise UsageError(f"the job resolves to another config here than when it was specified ({differ} differ: "
                          f"changed config files, weights or Detectron2?): specify it again")
+    return cfg, ck
+
+
+def check_datasets(cfg: CfgNode, spec: JobSpec, datasets_dir: str) -> None:
+    """Register the job's datasets and check each is on disk (``DatasetMissingError`` naming what is missing)."""
+    register_job_datasets(spec.demo, spec.protocol.get("coco_sets", {}), datasets_dir)
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        check_dataset(name)
+        if name not in DatasetCatalog.list():
+            raise UsageError(f"dataset {name!r} is not registered with Detectron2")
+
+
+def backbone_weights(spec: JobSpec, run: DetectionRun, ck: us3l.BackboneCheckpoint | None, cfg: CfgNode,
+                     run_dir: Path) -> str | None:
+    """The Detectron2 weight file the job starts from: ``--weights``, the run directory's conversion of the
+    checkpoint at the width (made now, calibrated, unless one from the same checkpoint is there), or None for
+    random initialisation."""
+    if run.weights:
+        return run.weights
+    if spec.random_init:
+        return None
+    weights = run_dir / "backbone.pkl"
+    if weights.exists():
+        try:
+            existing = read_weights(weights)
+            check_weights_fit(existing, ck.arch, spec.width, weights)
+            if existing["us3l"]["source_sha256"] == ck.sha256:
+                return str(weights)
+        except WeightsError:
+            pass  # not a usable conversion: convert again
+    convert_for_training(ck, spec.width, cfg, str(weights), cfg.MODEL.DEVICE)
+    return str(weights)
+
+
+def prepare(spec: JobSpec, run: DetectionRun) -> tuple[CfgNode, Job]:
+    """Check the machine, the spec's config here, the run directory and the datasets; convert the backbone.
+    Nothing trains here, and nothing is written before every check has passed."""
+    cfg, ck = config_here(spec, run, check_machine(run, spec.demo))
     run_dir = Path(run.run_dir) if run.run_dir else run_dir_for(run.output, spec)
     check_run_dir(run_dir, spec)
     cfg.OUTPUT_DIR = str(run_dir)
     if run.resume:
         check_resume_precision(run_dir, precision(cfg))
     datasets_dir = str(Path(run.output) / "datasets")
-    register_job_datasets(spec.demo, coco_sets, datasets_dir)
-    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
-        check_dataset(name)
-        if name not in DatasetCatalog.list():
-            raise UsageError(f"dataset {name!r} is not registered with Detectron2")
-    weights = None
-    if run.weights:
-        weights = run.weights
-    elif not spec.random_init:
-        weights = str(run_dir / "backbone.pkl")
-        existing = None
-        if Path(weights).exists():
-            try:
-                existing = read_weights(weights)
-                check_weights_fit(existing, arch, spec.width, weights)
-                if existing["us3l"]["source_sha256"] != ck.sha256:
-                    existing = None
-            except WeightsError:
-                existing = None
-        if existing is None:
-            convert_for_training(ck, spec.width, cfg, weights, device)
+    check_datasets(cfg, spec, datasets_dir)
+    weights = backbone_weights(spec, run, ck, cfg, run_dir)
     cfg.freeze()
     run_dir.mkdir(parents=True, exist_ok=True)
     job = Job(spec=spec, run_dir=str(run_dir), results_dir=run.results, datasets_dir=datasets_dir, weights=weights,
