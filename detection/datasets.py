@@ -27,10 +27,10 @@ from us3l.data import (
     DETECTION_SPLITS,
     CocoSet,
     DatasetMissingError,
-    DatasetSpecError,
     check_builtin,
     write_shapes,
 )
+from us3l.errors import UsageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -56,8 +56,8 @@ def register_coco_set(coco: CocoSet) -> None:
         meta = MetadataCatalog.get(coco.name)
         registered = (getattr(meta, "json_file", None), getattr(meta, "image_root", None))
         if registered != (coco.json_file, coco.image_root):
-            raise DatasetSpecError(f"dataset name {coco.name!r} is already registered with other files; "
-                                   f"pick another NAME")
+            raise UsageError(f"dataset name {coco.name!r} is already registered with other files; "
+                             f"pick another NAME")
         return
     register_coco_instances(coco.name, {}, coco.json_file, coco.image_root)
 

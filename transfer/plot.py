@@ -40,10 +40,6 @@ from .suites import Suite, load_suite
 RECORD_VERSION = 2
 
 
-class RecordError(UsageError):
-    """A file in the results directory that is not a complete run record (one line naming it)."""
-
-
 DETECTION_TASKS = ("voc", "coco")
 RECOGNITION_PANELS = {"linear": ("top1", "linear top-1 (%)"), "knn": ("knn20_top1", "kNN (k=20) top-1 (%)")}
 FIGURE_PANELS = {"voc": [("AP50", "VOC AP50"), ("AP", "VOC AP"), ("AP75", "VOC AP75")],
@@ -107,7 +103,7 @@ def parse_record(obj: Any, path: str) -> Run | None:
                    cost={k: float(v) for k, v in (obj.get("cost") or {}).items() if isinstance(v, (int, float))},
                    id=str(obj["id"]), finished_at=str(obj.get("finished_at", "")))
     except (KeyError, TypeError, ValueError) as e:
-        raise RecordError(f"{path}: not a complete run record ({type(e).__name__}: {e})") from None
+        raise UsageError(f"{path}: not a complete run record ({type(e).__name__}: {e})") from None
 
 
 def read_runs(results_dir: str | os.PathLike) -> list[Run]:
@@ -117,7 +113,7 @@ def read_runs(results_dir: str | os.PathLike) -> list[Run]:
         try:
             obj = json.loads(p.read_text())
         except json.JSONDecodeError as e:
-            raise RecordError(f"{p}: not valid JSON ({e})") from None
+            raise UsageError(f"{p}: not valid JSON ({e})") from None
         run = parse_record(obj, str(p))
         if run and (run.id not in latest or run.finished_at >= latest[run.id].finished_at):
             latest[run.id] = run

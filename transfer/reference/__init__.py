@@ -20,10 +20,6 @@ PAPER = Path(__file__).with_name("us3l_cvpr2023.json")
 REQUIRED = ("table", "method", "arch", "task", "dataset", "width", "metrics")
 
 
-class ReferenceFileError(UsageError):
-    """A file of published values that cannot be read (one line naming it)."""
-
-
 @dataclass(frozen=True)
 class Entry:
     """One published row at one width: its metrics, and its backbone MACs when the paper prints them."""
@@ -44,17 +40,17 @@ def read_reference(path: str | os.PathLike = PAPER) -> list[Entry]:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ReferenceFileError(f"{path}: not a readable reference file ({e})") from None
+        raise UsageError(f"{path}: not a readable reference file ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
-        raise ReferenceFileError(f"{path}: a reference file is a JSON object with a list 'entries'")
+        raise UsageError(f"{path}: a reference file is a JSON object with a list 'entries'")
     out = []
     for i, e in enumerate(data["entries"]):
         missing = [k for k in REQUIRED if k not in e]
         if missing:
-            raise ReferenceFileError(f"{path}: entry {i} lacks {', '.join(missing)}")
+            raise UsageError(f"{path}: entry {i} lacks {', '.join(missing)}")
         metrics = {k: float(v) for k, v in e["metrics"].items()}
         if not metrics or not all(math.isfinite(v) for v in metrics.values()):
-            raise ReferenceFileError(f"{path}: entry {i} needs finite metrics, got {e['metrics']!r}")
+            raise UsageError(f"{path}: entry {i} needs finite metrics, got {e['metrics']!r}")
         out.append(Entry(str(e["table"]), str(e["method"]), str(e["arch"]), str(e["task"]), str(e["dataset"]),
                          float(e["width"]), metrics, None if e.get("macs") is None else float(e["macs"]),
                          e.get("pretrain")))

@@ -245,10 +245,6 @@ def check_builtin(name: str) -> None:
         )
 
 
-class DatasetSpecError(UsageError):
-    """A ``coco:NAME=ANNOTATIONS.json,IMAGES_DIR`` argument that is malformed or names an unusable set."""
-
-
 COCO_SET_FORM = "coco:NAME=ANNOTATIONS.json,IMAGES_DIR"
 
 
@@ -267,9 +263,9 @@ class CocoSet:
         name, _, paths = rest.partition("=")
         json_file, _, image_root = paths.partition(",")
         if kind != "coco" or not name or not json_file or not image_root or "," in image_root:
-            raise DatasetSpecError(f"dataset {text!r}: expected {COCO_SET_FORM}")
+            raise UsageError(f"dataset {text!r}: expected {COCO_SET_FORM}")
         if name in BUILTIN_LAYOUT or name.startswith(("shapes_", "coco_20", "voc_20")):
-            raise DatasetSpecError(f"dataset {text!r}: {name!r} is a built-in dataset name; pick another NAME")
+            raise UsageError(f"dataset {text!r}: {name!r} is a built-in dataset name; pick another NAME")
         if not Path(json_file).is_file():
             raise DatasetMissingError(f"dataset {name!r}: annotation file {json_file} does not exist")
         if not Path(image_root).is_dir():
@@ -283,13 +279,13 @@ class CocoSet:
         try:
             data = json.loads(raw)
         except ValueError as e:
-            raise DatasetSpecError(f"dataset {self.name!r}: {self.json_file} is not JSON ({e})") from None
+            raise UsageError(f"dataset {self.name!r}: {self.json_file} is not JSON ({e})") from None
         missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
         if missing:
-            raise DatasetSpecError(f"dataset {self.name!r}: {self.json_file} is not a COCO annotation file "
+            raise UsageError(f"dataset {self.name!r}: {self.json_file} is not a COCO annotation file "
                                    f"(no {', '.join(repr(k) for k in missing)})")
         if not data["categories"] or not data["images"]:
-            raise DatasetSpecError(f"dataset {self.name!r}: {self.json_file} lists no "
+            raise UsageError(f"dataset {self.name!r}: {self.json_file} lists no "
                                    f"{'categories' if not data['categories'] else 'images'}")
         absent = [im["file_name"] for im in data["images"] if not (Path(self.image_root) / im["file_name"]).is_file()]
         if absent:
