@@ -29,7 +29,7 @@ from us3l.ssl import SSLModel, preset_config
 
 HEADS = {"proj_hidden": 512, "proj_dim": 128, "aux_hidden": 512, "pred_hidden": 512}
 _T7 = {"sampler": "sandwich", "num_widths": 3, "regularizer": "weight_decay"}
-# label -> (preset, keys); the rows of tests/test_ablations.py's Table 7 that the paper's observations turn on.
+# label -> (preset, keys); the rows of tests/us3l/test_ablations.py's Table 7 that the paper's observations turn on.
 CONFIGS: dict[str, tuple[str, dict]] = {
     "random init, no training": ("us3l", _T7),
     "US+SimSiam: SimSiam, shared predictor, base target": ("us_simsiam", {}),

@@ -42,7 +42,7 @@ def test_scale_invariance_and_top1_keys():
 
 
 def test_cli_shares_linears_feature_cache_and_sweeps_plan_knn_and_augment(tmp_path):
-    from real_layouts import write_checkpoint, write_cifar10
+    from support.layouts import write_checkpoint, write_cifar10
 
     from transfer import knn, linear
     from transfer.sweep import UsageError, grid_cells, parse_args, parse_tasks, plan

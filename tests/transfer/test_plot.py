@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib
 import pytest
 from matplotlib.container import ErrorbarContainer
+from support import ROOT
 
 from transfer import plot
 from transfer.reference import PAPER
@@ -308,7 +309,7 @@ def test_demo_suite_with_random_init_baseline(tmp_path):
         ck = f"/ck/pretrain/demo_shapes_byol_w{round(w * 100):03d}/backbone.pth"
         write(r, record("linear", "shapes", w, {"top1": 60.0}, checkpoint=ck, method="byol", demo=True))
     (tmp_path / "demo.yaml").write_text(
-        (Path(__file__).resolve().parent.parent / "suites" / "demo.yaml").read_text().replace("[linear:shapes, voc]",
+        (ROOT / "suites" / "demo.yaml").read_text().replace("[linear:shapes, voc]",
                                                                                               "[linear:shapes]"))
     suite = load_suite(tmp_path / "demo.yaml", output="/ck")
     figures, summary = plot.render(r, tmp_path / "p", suite=suite)

@@ -3,47 +3,16 @@ no resubmission, and a failing job reported with its log path. Skipped when Slur
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import time
-from pathlib import Path
 
-import pytest
-from real_layouts import write_checkpoint, write_cifar10, write_cifar100
+from support import ROOT
+from support.layouts import write_checkpoint, write_cifar10, write_cifar100
+from support.slurm import NEEDS_SLURM, slurm_state, slurm_unusable, wait_for
 
 from transfer import sweep
 from us3l.jobs import read_records
 
-
-def _slurm_up() -> str:
-    """Why Slurm is unusable, or '' when the local cluster accepts jobs."""
-    if not shutil.which("sbatch"):
-        return "Slurm is not installed"
-    try:
-        state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10).stdout
-    except (subprocess.TimeoutExpired, OSError):
-        return "Slurm's controller does not answer"
-    if not any(s.startswith(("idle", "mix", "alloc")) for s in state.split()):
-        return f"no Slurm node accepts jobs (sinfo: {state.strip() or 'nothing'})"
-    return ""
-
-
-REASON = _slurm_up()
-pytestmark = [pytest.mark.slurm,
-              pytest.mark.skipif(bool(REASON), reason=f"{REASON}: run `bash scripts/slurm_up.sh` (as root) first")]
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.time() + timeout
-    while not predicate():
-        if time.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
-
-
-def _slurm_state(job_id: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-r", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True).stdout
-    return out.strip()
+pytestmark = NEEDS_SLURM
 
 
 def test_slurm_sweep_preemption_rerun_and_failure(tmp_path, capsys):
@@ -64,17 +33,17 @@ def test_slurm_sweep_preemption_rerun_and_failure(tmp_path, capsys):
     sw.submit()
     assert len({t.job.job_id.split("_")[0] for t in sw.jobs}) == 1 and len(sw.jobs) == 4  # one array
     victim = sw.jobs[0].job
-    _wait_for(lambda: "linear cifar10 w=0.5" in (victim.stderr() or ""), 120, "job 0 to start training")
+    wait_for(lambda: "linear cifar10 w=0.5" in (victim.stderr() or ""), 120, "job 0 to start training")
     # scancel keeps retrying while the job requeues itself: stop it once the signal has landed
     signal = subprocess.Popen(["scancel", "--signal", "USR2", victim.job_id], stderr=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: "Requeued job" in (victim.stdout() or ""), 60, "the requeue")
+        wait_for(lambda: "Requeued job" in (victim.stdout() or ""), 60, "the requeue")
     finally:
         signal.kill()
         signal.wait()
     # Slurm holds a requeued job for two minutes (BeginTime); let it start again now
     try:
-        _wait_for(lambda: "PENDING" in _slurm_state(victim.job_id), 30, "the job to be pending again")
+        wait_for(lambda: "PENDING" in slurm_state(victim.job_id), 30, "the job to be pending again")
         subprocess.run(["scontrol", "update", f"JobId={victim.job_id}", "StartTime=now"], check=True)
     except AssertionError:  # already running again: nothing to hurry
         pass
@@ -123,8 +92,8 @@ def test_slurm_up_is_idempotent():
         return [open(f"/run/{d}.pid").read().strip() for d in ("slurmctld", "slurmd")]
 
     before = pids()
-    script = Path(__file__).resolve().parents[1] / "scripts" / "slurm_up.sh"
+    script = ROOT / "scripts" / "slurm_up.sh"
     run = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "debug" and pids() == before
-    assert not _slurm_up()
+    assert not slurm_unusable()

@@ -1,4 +1,4 @@
-"""The fixtures of tests/real_layouts.py are read by the project's real loaders: torchvision's readers
+"""The fixtures of tests/support/layouts.py are read by the project's real loaders: torchvision's readers
 through us3l.data, and Detectron2's built-in VOC/COCO names and evaluators."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
-from real_layouts import (
+from support import ROOT
+from support.layouts import (
     COCO_CATEGORIES,
     DTD_CLASSES,
     FLOWERS_CLASSES,
@@ -31,8 +32,6 @@ from real_layouts import (
 from torchvision import datasets as tvd
 
 from us3l.data import build_dataset, build_pretrain_dataset
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +223,7 @@ _D2_SCRIPT = textwrap.dedent("""
 def test_detectron2_builtin_names_read_fixture(root):
     """DETECTRON2_DATASETS is read when Detectron2 registers its built-in names (at import): a subprocess."""
     env = {**os.environ, "DETECTRON2_DATASETS": str(root), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", _D2_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", _D2_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])

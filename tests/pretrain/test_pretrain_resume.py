@@ -4,7 +4,6 @@ uninterrupted one; 2 gloo processes follow the 1-process loss trajectory with th
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,44 +11,16 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "preset": "us3l", "arch": "resnet18", "stem": "imagenet", "width_range": [0.25, 1.0], "dataset": "shapes",
-    "image_size": 32, "batch_size": 8, "lr": 0.1, "proj_hidden": 32, "proj_dim": 16, "aux_hidden": 32,
-    "num_workers": 0, "amp": False, "log_every": 1, "deterministic": True, "device": "cpu",
-}
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
-def _config(tmp_path: Path, name: str, **changes) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**TINY, "data_root": str(tmp_path / "data"), **changes}))
-    return path
-
-
-def _pretrain(cfg: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pretrain", "--config", str(cfg), f"output_dir={out}", *extra]
-
-
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["state_dict"]
-
-
-def _losses(run: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+from support import ROOT
+from support.pretrain_runs import pretrain_cmd, run_env, run_losses, tiny_config, weights_of
 
 
 def test_sigkill_after_first_checkpoint_then_resume_is_bitwise_identical(tmp_path):
-    cfg = _config(tmp_path, "run", iterations=16, checkpoint_every=4)
-    subprocess.run(_pretrain(cfg, tmp_path / "a"), env=_env(), check=True, capture_output=True, cwd=ROOT)
+    cfg = tiny_config(tmp_path, "run", iterations=16, checkpoint_every=4)
+    subprocess.run(pretrain_cmd(cfg, tmp_path / "a"), env=run_env(), check=True, capture_output=True, cwd=ROOT)
 
     run_b = tmp_path / "b" / "run"
-    proc = subprocess.Popen(_pretrain(cfg, tmp_path / "b"), env=_env(), cwd=ROOT,
+    proc = subprocess.Popen(pretrain_cmd(cfg, tmp_path / "b"), env=run_env(), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (run_b / "last.pth").exists() and proc.poll() is None and time.time() < deadline:
@@ -59,15 +30,15 @@ def test_sigkill_after_first_checkpoint_then_resume_is_bitwise_identical(tmp_pat
     killed_at = torch.load(run_b / "last.pth", weights_only=True)["iteration"]
     assert killed_at == 4 and not (run_b / "backbone.pth").exists()
 
-    done = subprocess.run(_pretrain(cfg, tmp_path / "b"), env=_env(), capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(pretrain_cmd(cfg, tmp_path / "b"), env=run_env(), capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "resumed from" in (run_b / "train.log").read_text()
-    a, b = _weights(tmp_path / "a" / "run" / "backbone.pth"), _weights(run_b / "backbone.pth")
+    a, b = weights_of(tmp_path / "a" / "run" / "backbone.pth"), weights_of(run_b / "backbone.pth")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     state_a = torch.load(tmp_path / "a" / "run" / "last.pth", weights_only=True)
     state_b = torch.load(run_b / "last.pth", weights_only=True)
     assert all(torch.equal(state_a["model"][k], state_b["model"][k]) for k in state_a["model"])  # heads, EMA
-    assert _losses(tmp_path / "a" / "run") == _losses(run_b) and len(_losses(run_b)) == 16
+    assert run_losses(tmp_path / "a" / "run") == run_losses(run_b) and len(run_losses(run_b)) == 16
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
@@ -76,10 +47,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
     In float32 the two runs differ by reduction order (~1e-7), enough to flip a ReLU whose input is
     ~1e-7 from zero and make the trajectories drift apart chaotically; float64 keeps ties out of reach."""
-    cfg = _config(tmp_path, "ddp", iterations=3, checkpoint_every=3, batch_size=32, precision="float64")
-    subprocess.run(_pretrain(cfg, tmp_path / "one"), env=_env(), check=True, capture_output=True, cwd=ROOT)
+    cfg = tiny_config(tmp_path, "ddp", iterations=3, checkpoint_every=3, batch_size=32, precision="float64")
+    subprocess.run(pretrain_cmd(cfg, tmp_path / "one"), env=run_env(), check=True, capture_output=True, cwd=ROOT)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          *_pretrain(cfg, tmp_path / "two")[1:]], env=_env(), capture_output=True, text=True,
+                          *pretrain_cmd(cfg, tmp_path / "two")[1:]], env=run_env(), capture_output=True, text=True,
                          cwd=ROOT)
     assert two.returncode == 0, two.stderr[-3000:]
     one_rec = [json.loads(x) for x in (tmp_path / "one" / "ddp" / "metrics.jsonl").read_text().splitlines()]
@@ -88,7 +59,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert [r["widths"] for r in one_rec] == [r["widths"] for r in two_rec]
     for r1, r2 in zip(one_rec, two_rec):
         assert abs(r1["loss"] - r2["loss"]) < 1e-9, (r1["iteration"], r1["loss"], r2["loss"])
-    a, b = _weights(tmp_path / "one" / "ddp" / "backbone.pth"), _weights(tmp_path / "two" / "ddp" / "backbone.pth")
+    a, b = weights_of(tmp_path / "one" / "ddp" / "backbone.pth"), weights_of(tmp_path / "two" / "ddp" / "backbone.pth")
     moved = max((a[k] - _weights_at_init(cfg)[k]).abs().max().item() for k in a if a[k].is_floating_point())
     diff = max((a[k] - b[k]).abs().max().item() for k in a if a[k].is_floating_point())
     print(f"float64 1x32 vs 2x16 after 3 iterations: max |diff| {diff:.3g} (weights moved up to {moved:.3g})")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 import math
 
-import hand_losses as hand
 import pytest
 import torch
+from support import hand_losses as hand
 
 from us3l.ssl import PRESETS, SSLModel, ema_update_, preset_config, projection_std
 

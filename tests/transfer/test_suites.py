@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from support import ROOT
 
 import us3l
 from pretrain.per_width import run_name
@@ -13,7 +14,6 @@ from transfer import reference
 from transfer.suites import SuiteError, SuiteJob, load_suite, suite_jobs
 from us3l.models import us_resnet18
 
-ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "suites").glob("*.yaml"))
 def _shipped(name_filter=lambda p: True):
     return [pytest.param(p, id=p.stem) for p in SHIPPED if name_filter(p)]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import ROOT
 
 import detection.d2compat  # noqa: F401
 
@@ -32,7 +33,6 @@ from us3l.data import DETECTION_CLASSES as SHAPE_CLASSES
 from us3l.data import check_builtin, write_shapes
 from us3l.jobs import read_records
 
-ROOT = Path(__file__).resolve().parents[1]
 # A tiny schedule on top of --demo: few iterations, one calibration batch.
 TINY = ["MODEL.US3L.CALIBRATION_BATCHES", "1", "TEST.PRECISE_BN.NUM_ITER", "2"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from real_layouts import write_checkpoint
+from support.layouts import write_checkpoint
 
 import us3l
 from pretrain.__main__ import main as pretrain_main

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from support import ROOT
 
 from pretrain.config import ConfigError, load_config
 
-CONFIGS = sorted((Path(__file__).parent.parent / "pretrain" / "configs").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "pretrain" / "configs").glob("*.yaml"))
 # Table 2 (CIFAR-100) and Table 4 (ImageNet) methods: config stem -> (preset, trained per width).
 BASELINES = {
     "cifar100_r18_simclr": ("simclr", True), "cifar100_r18_simsiam": ("simsiam", True),

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from support import ROOT
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import us3l
@@ -145,10 +146,9 @@ def test_cli_process_exit_status_and_one_line_error(tmp_path, data_dir):
     import sys
 
     cfg = write_config(tmp_path / "cli.yaml", data_dir)
-    root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-m", "pretrain", "--config", str(cfg), f"output_dir={tmp_path}",
-                           "width_range=[0.25, 2]"], capture_output=True, text=True, cwd=root,
-                          env={**os.environ, "PYTHONPATH": str(root)})
+                           "width_range=[0.25, 2]"], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("python -m pretrain: error: width_range")
     assert not (tmp_path / "cli").exists()

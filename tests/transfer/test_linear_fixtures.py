@@ -1,4 +1,4 @@
-"""torchvision's CIFAR readers (through us3l.data) take the CIFAR pickles of tests/real_layouts.py."""
+"""torchvision's CIFAR readers (through us3l.data) take the CIFAR pickles of tests/support/layouts.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torchvision
 
 # write_checkpoint is re-exported for importers that still take the fixtures from this module.
-from real_layouts import PALETTE, write_checkpoint, write_cifar10, write_cifar100  # noqa: F401
+from support.layouts import PALETTE, write_checkpoint, write_cifar10, write_cifar100  # noqa: F401
 
 from us3l.data import CIFAR10, CIFAR100
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from real_layouts import write_checkpoint, write_cifar10
+from support.layouts import write_checkpoint, write_cifar10
 
 import us3l
 from transfer import linear, sweep

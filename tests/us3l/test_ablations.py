@@ -3,7 +3,7 @@
 Each row states what it should train: the base network's loss, head and target, the sub-networks'
 loss, head and target, the sampler and the regulariser. The test checks that the configuration
 resolves to exactly that (:meth:`us3l.ssl.SSLConfig.terms`), that the model has exactly the modules
-those words need, and that one training iteration runs. ``python tests/test_ablations.py`` prints
+those words need, and that one training iteration runs. ``python tests/us3l/test_ablations.py`` prints
 the table. Case numbers are given where the issue that asked for the rows names them; the other rows
 are described by what they vary.
 """

@@ -6,11 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from real_layouts import IMAGENET_WNIDS, write_imagenet
+from support import ROOT
+from support.layouts import IMAGENET_WNIDS, write_imagenet
 
 import us3l
 from transfer import linear
@@ -18,7 +18,6 @@ from transfer.linear import Evaluation, Protocol, fit_linear, make_job
 from us3l.jobs import read_records
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import math
 from dataclasses import replace
 
 import pytest
-from real_layouts import write_checkpoint
+from support.layouts import write_checkpoint
 
 import us3l
 from us3l.jobs import (

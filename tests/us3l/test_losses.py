@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-import hand_losses as hand
 import torch
 import torch.nn.functional as F
+from support import hand_losses as hand
 
 from us3l.losses import cosine_distance, info_nce, momentum_nt_xent, nt_xent, unit_mse
 

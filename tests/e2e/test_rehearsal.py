@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from real_layouts import write_all
-from test_slurm import REASON as SLURM_REASON
+from support import ROOT
+from support.layouts import write_all
+from support.slurm import SKIP_REASON, SLURM_REASON
 
 import us3l
 
-ROOT = Path(__file__).resolve().parents[1]
 # Sizes only: the real configs otherwise (schedules, heads, evaluators).
 PRETRAIN_SIZES = ("device=cpu amp=true batch_size=4 image_size=32 iterations=2 num_workers=0 checkpoint_every=2 "
                   "log_every=1")
@@ -96,7 +96,7 @@ def test_make_linear_on_each_recognition_dataset(world, dataset):
 
 
 @pytest.mark.slurm
-@pytest.mark.skipif(bool(SLURM_REASON), reason=f"{SLURM_REASON}: run `bash scripts/slurm_up.sh` (as root) first")
+@pytest.mark.skipif(bool(SLURM_REASON), reason=SKIP_REASON)
 def test_make_sweep_on_slurm_then_plot(world):
     results = world.out / "sweep-results"
     world.make("sweep", EXECUTOR="slurm", CKPT=str(world.r50), TASKS="voc,linear:pets", WIDTHS="0.25", DEVICE="cpu",

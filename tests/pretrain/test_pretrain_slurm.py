@@ -10,16 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
-from test_pretrain_resume import _config, _env, _pretrain, _weights
-from test_slurm import REASON, _slurm_state, _wait_for
+from support import ROOT
+from support.pretrain_runs import pretrain_cmd, run_env, tiny_config, weights_of
+from support.slurm import NEEDS_SLURM, slurm_state, wait_for
 
 from pretrain import slurm
 
-ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.slurm,
-              pytest.mark.skipif(bool(REASON), reason=f"{REASON}: run `bash scripts/slurm_up.sh` (as root) first")]
+pytestmark = NEEDS_SLURM
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -28,48 +26,48 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def test_preempted_two_task_job_requeues_and_matches_an_uninterrupted_run(tmp_path):
-    cfg = _config(tmp_path, "slurmrun", iterations=24, checkpoint_every=1000, batch_size=8)
+    cfg = tiny_config(tmp_path, "slurmrun", iterations=24, checkpoint_every=1000, batch_size=8)
     ref = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          *_pretrain(cfg, tmp_path / "ref")[1:]], env=_env(), capture_output=True, text=True,
+                          *pretrain_cmd(cfg, tmp_path / "ref")[1:]], env=run_env(), capture_output=True, text=True,
                          cwd=ROOT)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     job = slurm.submit(str(cfg), [f"output_dir={tmp_path / 'slurm'}"], gpus_per_node=0, tasks_per_node=2,
                        cpus_per_task=1, timeout_min=60)
     run = tmp_path / "slurm" / "slurmrun"
-    _wait_for(lambda: len(_metrics(run)) >= 5, 180, "the job to train 5 iterations")
+    wait_for(lambda: len(_metrics(run)) >= 5, 180, "the job to train 5 iterations")
     signal = subprocess.Popen(["scancel", "--signal", "USR2", job.job_id], stderr=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: "Requeued job" in (job.stdout() or ""), 90, "the requeue")
+        wait_for(lambda: "Requeued job" in (job.stdout() or ""), 90, "the requeue")
     finally:
         signal.kill()
         signal.wait()
     saved_at = torch.load(run / "last.pth", weights_only=True)["iteration"]
     assert 5 <= saved_at < 24  # saved at the signal, not at a periodic checkpoint (every 1000)
     try:  # Slurm holds a requeued job for a while (BeginTime): start it now
-        _wait_for(lambda: "PENDING" in _slurm_state(job.job_id), 30, "the job to be pending again")
+        wait_for(lambda: "PENDING" in slurm_state(job.job_id), 30, "the job to be pending again")
         subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], check=True)
     except AssertionError:
         pass
-    _wait_for(lambda: job.paths.result_pickle.exists() and (run / "backbone.pth").exists(), 300, "the job to finish")
+    wait_for(lambda: job.paths.result_pickle.exists() and (run / "backbone.pth").exists(), 300, "the job to finish")
     time.sleep(1)
     log = job.stdout()
     assert "attempt 1" in log and "attempt 2" in log and "attempt 3" not in log
     assert f"resumed from {run / 'last.pth'} at iteration {saved_at}/24" in (run / "train.log").read_text()
     assert [r["iteration"] for r in _metrics(run)] == list(range(1, 25))  # no gap, no duplicate
 
-    a, b = _weights(tmp_path / "ref" / "slurmrun" / "backbone.pth"), _weights(run / "backbone.pth")
+    a, b = weights_of(tmp_path / "ref" / "slurmrun" / "backbone.pth"), weights_of(run / "backbone.pth")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bitwise
     ck = torch.load(run / "backbone.pth", weights_only=True)
     assert ck["provenance"]["world_size"] == 2
 
 
 def test_submission_errors_before_anything_is_queued(tmp_path, capsys):
-    cfg = _config(tmp_path, "bad", batch_size=9, device="cpu")
+    cfg = tiny_config(tmp_path, "bad", batch_size=9, device="cpu")
     assert slurm.main(["--config", str(cfg), "--gpus-per-node", "0", "--tasks-per-node", "2",
                        f"output_dir={tmp_path}"]) == 2
     assert "batch_size 9 is not divisible by 2 tasks" in capsys.readouterr().err
-    cfg = _config(tmp_path, "gpu", device="auto", dataset="cifar100", stem="cifar")
+    cfg = tiny_config(tmp_path, "gpu", device="auto", dataset="cifar100", stem="cifar")
     assert slurm.main(["--config", str(cfg), "--gpus-per-node", "0", f"output_dir={tmp_path}"]) == 2
     assert "pass device=cpu" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists() and not (tmp_path / "gpu").exists()
