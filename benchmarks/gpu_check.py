@@ -24,12 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the real-layout fixture writers
 
-from real_layouts import write_cifar10, write_imagenet, write_voc  # noqa: E402
+from support.layouts import write_cifar10, write_imagenet, write_voc  # noqa: E402
+
+from pretrain.config import load_raw  # noqa: E402
 
 CONFIG = ROOT / "pretrain" / "configs" / "imagenet_r50.yaml"
 # Only sizes change between the modes.
@@ -70,7 +70,7 @@ def pretrain(mode: str, work: Path, env: dict[str, str], preset: str, channels_l
     wall = _run(cmd, env, work / f"pretrain-{name}.log")
     records = [json.loads(x) for x in (out / CONFIG.stem / "metrics.jsonl").read_text().splitlines()]
     steady = records[1:] or records  # the first window includes start-up
-    return {"preset": yaml.safe_load(CONFIG.read_text())["preset"] if preset == "config" else preset,
+    return {"preset": load_raw(CONFIG)["preset"] if preset == "config" else preset,
             "channels_last": channels_last, "iterations": records[-1]["iteration"],
             "images_per_s": sum(r["images_per_s"] for r in steady) / len(steady),
             "peak_memory_mb": records[-1]["peak_memory_mb"], "precision": records[-1]["precision"],

@@ -66,7 +66,7 @@ def test_slurm_sweep_preemption_rerun_and_failure(tmp_path, capsys):
     assert sweep.main([*argv, "--tasks", "linear:cifar10,linear:dtd", "--widths", "0.75"]) == 1
     out = capsys.readouterr().out
     [failed] = [ln for ln in out.splitlines() if ln.startswith("FAILED ")]
-    assert failed.startswith("FAILED linear:dtd w=0.75: transfer.linear: error: dataset 'dtd' not found")
+    assert failed.startswith("FAILED linear:dtd w=0.75: python -m transfer.linear: error: dataset 'dtd' not found")
     log = out.split("log: ", 1)[1].splitlines()[0]
     assert "dataset 'dtd' not found" in open(log).read()
     assert any(r["spec"]["dataset"] == "cifar10" and r["spec"]["width"] == 0.75 for r in read_records(results))
