@@ -46,11 +46,13 @@ def add_us3l_config(cfg: CfgNode) -> CfgNode:
 # with MODEL.FPN.OUT_CHANNELS. The FPN/RPN floor (64) and the box FC floor (256) are what the paper's heads
 # (FPN 256, FC 1024) have at 0.25, the smallest width of the US3L range, so they never bind on the paper's
 # configs at widths >= 0.25; the box and mask convolutions, the bulk of the heads' MACs (4 convs on every
-# RoI), may go down to 32. They keep an already narrow config (demo.yaml: FPN 64, convs 64, FC 256) from
-# collapsing to 16/16/64 at 0.25, which lost half the demo AP (docs/benchmarks.md, "Demo AP at 0.25").
+# RoI), may go down to 48 (32 lost 12-17% of the demo AP and a third of its mask AP; 48 kept it). They keep an
+# already narrow config (demo.yaml: FPN 64, convs 64, FC 256) from collapsing to 16/16/64 at 0.25, which lost
+# half the demo AP (docs/benchmarks.md, "Demo AP at 0.25"). 48 is not a multiple of GroupNorm's 32 groups: GN
+# heads at the floor are refused by check_head_norms (name the count explicitly, e.g. 32 or 64).
 # A config value below its floor is kept as it is (the floor never widens a head).
-HEAD_FLOORS = {"MODEL.FPN.OUT_CHANNELS": 64, "MODEL.ROI_BOX_HEAD.CONV_DIM": 32, "MODEL.ROI_BOX_HEAD.FC_DIM": 256,
-               "MODEL.ROI_MASK_HEAD.CONV_DIM": 32}
+HEAD_FLOORS = {"MODEL.FPN.OUT_CHANNELS": 64, "MODEL.ROI_BOX_HEAD.CONV_DIM": 48, "MODEL.ROI_BOX_HEAD.FC_DIM": 256,
+               "MODEL.ROI_MASK_HEAD.CONV_DIM": 48}
 HEAD_KEYS = tuple(HEAD_FLOORS)
 
 
@@ -71,7 +73,7 @@ def scale_heads(cfg: CfgNode, width: float, explicit: tuple[str, ...] | set[str]
 
     Each count C (the config file's value at full width) becomes ``max(make_divisible(C * width),
     min(C, HEAD_FLOORS[key]))``: the rule the backbone's layers follow (the nearest multiple of 8, never
-    below 90% of ``C * width``, at least 8), then the key's floor (64 channels for the FPN/RPN, 32 for the
+    below 90% of ``C * width``, at least 8), then the key's floor (64 channels for the FPN/RPN, 48 for the
     box/mask convolutions, 256 for the box head's FC) unless C itself is smaller. On the paper's configs the
     floors change nothing at widths >= 0.25 (FPN/convs 64, FC 256 there); below 0.25 the FPN stays at 64 and
     the FC at 256.

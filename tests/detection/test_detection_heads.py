@@ -50,8 +50,8 @@ def test_fixed_heads_are_the_papers_at_every_width():
     assert head_channels(build_model(cfg)) == expected(256, 256, 1024)
 
 
-@pytest.mark.parametrize(("width", "fpn", "conv", "fc"), [(1.0, 64, 64, 256), (0.5, 64, 32, 256),
-                                                          (0.25, 64, 32, 256)])
+@pytest.mark.parametrize(("width", "fpn", "conv", "fc"), [(1.0, 64, 64, 256), (0.5, 64, 48, 256),
+                                                          (0.25, 64, 48, 256)])
 def test_scaled_demo_detector_channels(width, fpn, conv, fc):
     # demo.yaml: FPN 64, convs 64, FC 256; the width rule alone would give 16/16/64 at 0.25
     cfg = build_config("coco", arch="resnet18", width=width, demo=True, opts=SCALED)
@@ -59,8 +59,8 @@ def test_scaled_demo_detector_channels(width, fpn, conv, fc):
 
 
 def test_floors():
-    assert HEAD_FLOORS == {"MODEL.FPN.OUT_CHANNELS": 64, "MODEL.ROI_BOX_HEAD.CONV_DIM": 32,
-                           "MODEL.ROI_BOX_HEAD.FC_DIM": 256, "MODEL.ROI_MASK_HEAD.CONV_DIM": 32}
+    assert HEAD_FLOORS == {"MODEL.FPN.OUT_CHANNELS": 64, "MODEL.ROI_BOX_HEAD.CONV_DIM": 48,
+                           "MODEL.ROI_BOX_HEAD.FC_DIM": 256, "MODEL.ROI_MASK_HEAD.CONV_DIM": 48}
     keys = ("MODEL.FPN.OUT_CHANNELS", "MODEL.ROI_BOX_HEAD.CONV_DIM", "MODEL.ROI_BOX_HEAD.FC_DIM",
             "MODEL.ROI_MASK_HEAD.CONV_DIM")
 
@@ -72,10 +72,10 @@ def test_floors():
     for w in (1.0, 0.75, 0.5, 0.3, 0.25):
         fpn, fc = (256 * w + 4) // 8 * 8, (1024 * w + 4) // 8 * 8
         assert scaled(w) == (fpn, fpn, fc, fpn), w
-    # ... below it they do: FPN 256 * 0.2 = 51.2 -> 64, FC 1024 * 0.2 = 204.8 -> 256; at 0.1 the convs stop at 32
+    # ... below it they do: FPN 256 * 0.2 = 51.2 -> 64, FC 1024 * 0.2 = 204.8 -> 256; at 0.1 the convs stop at 48
     assert scaled(0.2) == (64, 48, 256, 48)
-    assert scaled(0.1) == (64, 32, 256, 32)
-    assert scaled(0.25, demo=True) == (64, 32, 256, 32)
+    assert scaled(0.1) == (64, 48, 256, 48)
+    assert scaled(0.25, demo=True) == (64, 48, 256, 48)
     # a full-width count below its floor is kept, not widened; the width rule still applies above the floor
     cfg = build_config("voc", arch="resnet18", width=1.0, demo=True)
     cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 24, 128
@@ -93,9 +93,9 @@ def test_explicit_override_is_neither_scaled_again_nor_floored():
     assert (cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.ROI_BOX_HEAD.FC_DIM) == (64, 128)
     cfg = build_config("voc", arch="resnet18", width=0.25, demo=True,
                        opts=[*SCALED, "MODEL.FPN.OUT_CHANNELS", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "64"])
-    assert (cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.ROI_BOX_HEAD.CONV_DIM, cfg.MODEL.ROI_BOX_HEAD.FC_DIM) == (16, 32, 64)
+    assert (cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.ROI_BOX_HEAD.CONV_DIM, cfg.MODEL.ROI_BOX_HEAD.FC_DIM) == (16, 48, 64)
     cfg = build_config("voc", arch="resnet18", width=0.25, demo=True, opts=[*SCALED, "MODEL.FPN.OUT_CHANNELS", "64"])
-    assert (cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.ROI_BOX_HEAD.CONV_DIM) == (64, 32)  # same as the floor
+    assert (cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.ROI_BOX_HEAD.CONV_DIM) == (64, 48)  # same as the floor
     assert head_channels(build_model(build_config("coco", arch="resnet18", width=0.25, demo=True, opts=[
         *SCALED, "MODEL.ROI_BOX_HEAD.CONV_DIM", "16"])))["box_convs"] == {16}
 
@@ -106,9 +106,11 @@ def test_group_norm_heads_need_divisible_channels():
     cfg = build_config("voc", arch="resnet50", width=0.25, opts=[*SCALED, "MODEL.FPN.NORM", "GN",
                                                                   "MODEL.ROI_BOX_HEAD.NORM", "GN"])
     assert cfg.MODEL.FPN.OUT_CHANNELS == 64
-    cfg = build_config("voc", arch="resnet18", width=0.25, demo=True, opts=[*SCALED, "MODEL.FPN.NORM", "GN",
-                                                                          "MODEL.ROI_BOX_HEAD.NORM", "GN"])
-    assert (cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.ROI_BOX_HEAD.CONV_DIM) == (64, 32)  # the floors divide into 32
+    gn = [*SCALED, "MODEL.FPN.NORM", "GN", "MODEL.ROI_BOX_HEAD.NORM", "GN"]
+    with pytest.raises(ValueError, match="MODEL.ROI_BOX_HEAD.CONV_DIM divisible by 32, got 48"):
+        build_config("voc", arch="resnet18", width=0.25, demo=True, opts=gn)  # the conv floor, 48
+    cfg = build_config("voc", arch="resnet18", width=0.25, demo=True, opts=[*gn, "MODEL.ROI_BOX_HEAD.CONV_DIM", "32"])
+    assert (cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.ROI_BOX_HEAD.CONV_DIM) == (64, 32)
 
 
 def test_scaled_heads_train_evaluate_and_resume_on_demo_coco(tmp_path):
