@@ -8,14 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 import detection.d2compat  # noqa: F401
 
 # isort: split
 from detectron2.config import CfgNode, get_cfg
 
-import us3l
 from detection.config import add_us3l_config
 from detection.train import main
 from us3l.data import write_shapes
@@ -24,15 +22,6 @@ from us3l.jobs import read_records
 TINY = ["SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "100", "MODEL.US3L.CALIBRATION_BATCHES", "1",
         "TEST.PRECISE_BN.NUM_ITER", "2"]
 CLASSES = ("tile", "disc", "wedge")  # the shapes, renamed: the classes come from the annotation file
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "backbone.pth"
-    us3l.save_checkpoint(path, us3l.models.us_resnet18(num_classes=0), method="test",
-                         config={"data": {"dataset": "shapes"}}, provenance={})
-    return path
 
 
 def own_set(root: Path, masks: bool, drop_class: bool = False) -> dict[str, str]:

@@ -37,15 +37,6 @@ from us3l.jobs import read_records
 TINY = ["MODEL.US3L.CALIBRATION_BATCHES", "1", "TEST.PRECISE_BN.NUM_ITER", "2"]
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "backbone.pth"
-    us3l.save_checkpoint(path, us3l.models.us_resnet18(num_classes=0), method="test",
-                         config={"data": {"dataset": "shapes"}}, provenance={})
-    return path
-
-
 def test_shapes_sets_are_deterministic_and_read_by_real_loaders(tmp_path):
     splits = {"train": 5, "test": 3}
     a = write_shapes(tmp_path / "a", "voc", seed=3, splits=splits, size=64)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from support import ROOT
 from support.pretrain_runs import pretrain_cmd, run_env, tiny_config, weights_of
-from support.slurm import NEEDS_SLURM, slurm_state, wait_for
+from support.slurm import NEEDS_SLURM, preempt, release_requeued, wait_for
 
 from pretrain import slurm
 
@@ -36,19 +36,10 @@ def test_preempted_two_task_job_requeues_and_matches_an_uninterrupted_run(tmp_pa
                        cpus_per_task=1, timeout_min=60)
     run = tmp_path / "slurm" / "slurmrun"
     wait_for(lambda: len(_metrics(run)) >= 5, 180, "the job to train 5 iterations")
-    signal = subprocess.Popen(["scancel", "--signal", "USR2", job.job_id], stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: "Requeued job" in (job.stdout() or ""), 90, "the requeue")
-    finally:
-        signal.kill()
-        signal.wait()
+    preempt(job, 90)
     saved_at = torch.load(run / "last.pth", weights_only=True)["iteration"]
     assert 5 <= saved_at < 24  # saved at the signal, not at a periodic checkpoint (every 1000)
-    try:  # Slurm holds a requeued job for a while (BeginTime): start it now
-        wait_for(lambda: "PENDING" in slurm_state(job.job_id), 30, "the job to be pending again")
-        subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], check=True)
-    except AssertionError:
-        pass
+    release_requeued(job.job_id)
     wait_for(lambda: job.paths.result_pickle.exists() and (run / "backbone.pth").exists(), 300, "the job to finish")
     time.sleep(1)
     log = job.stdout()

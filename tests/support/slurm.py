@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,27 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None
         if time.time() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.25)
+
+
+def preempt(job: Any, timeout: float) -> None:
+    """Send ``job`` the USR2 Slurm sends before preemption and wait until submitit has requeued it. scancel keeps
+    retrying while the job requeues itself, so it is stopped once the signal has landed."""
+    signal = subprocess.Popen(["scancel", "--signal", "USR2", job.job_id], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "Requeued job" in (job.stdout() or ""), timeout, "the requeue")
+    finally:
+        signal.kill()
+        signal.wait()
+
+
+def release_requeued(job_id: str) -> None:
+    """Start a requeued job now: Slurm holds one for about two minutes (BeginTime). Nothing to do when it is
+    already running again."""
+    try:
+        wait_for(lambda: "PENDING" in slurm_state(job_id), 30, "the job to be pending again")
+    except AssertionError:
+        return
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
 
 
 def slurm_state(job_id: str) -> str:

@@ -7,7 +7,7 @@ import subprocess
 
 from support import ROOT
 from support.layouts import write_checkpoint, write_cifar10, write_cifar100
-from support.slurm import NEEDS_SLURM, slurm_state, slurm_unusable, wait_for
+from support.slurm import NEEDS_SLURM, preempt, release_requeued, slurm_unusable, wait_for
 
 from transfer import sweep
 from us3l.jobs import read_records
@@ -34,19 +34,8 @@ def test_slurm_sweep_preemption_rerun_and_failure(tmp_path, capsys):
     assert len({t.job.job_id.split("_")[0] for t in sw.jobs}) == 1 and len(sw.jobs) == 4  # one array
     victim = sw.jobs[0].job
     wait_for(lambda: "linear cifar10 w=0.5" in (victim.stderr() or ""), 120, "job 0 to start training")
-    # scancel keeps retrying while the job requeues itself: stop it once the signal has landed
-    signal = subprocess.Popen(["scancel", "--signal", "USR2", victim.job_id], stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: "Requeued job" in (victim.stdout() or ""), 60, "the requeue")
-    finally:
-        signal.kill()
-        signal.wait()
-    # Slurm holds a requeued job for two minutes (BeginTime); let it start again now
-    try:
-        wait_for(lambda: "PENDING" in slurm_state(victim.job_id), 30, "the job to be pending again")
-        subprocess.run(["scontrol", "update", f"JobId={victim.job_id}", "StartTime=now"], check=True)
-    except AssertionError:  # already running again: nothing to hurry
-        pass
+    preempt(victim, 60)
+    release_requeued(victim.job_id)
     assert sw.wait() == 0
     log = victim.stdout()
     assert "attempt 1" in log and "attempt 2" in log and "attempt 3" not in log
