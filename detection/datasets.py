@@ -99,11 +99,22 @@ def register_shapes(root: str | os.PathLike) -> dict[str, str]:
     coco = write_shapes(root / "shapes_coco", "coco")
     for split in DETECTION_SPLITS:
         name = f"shapes_voc_{split}"
-        if name not in DatasetCatalog.list():
+        if _unregister_unless(name, "dirname", str(voc)):
             register_pascal_voc(name, str(voc), split, 2012, class_names=list(DETECTION_CLASSES))
             MetadataCatalog.get(name).evaluator_type = "pascal_voc"
-        name = f"shapes_coco_{split}"
-        if name not in DatasetCatalog.list():
-            register_coco_instances(name, {}, str(coco / "annotations" / f"instances_{split}.json"),
-                                    str(coco / split))
+        name, json_file = f"shapes_coco_{split}", str(coco / "annotations" / f"instances_{split}.json")
+        if _unregister_unless(name, "json_file", json_file):
+            register_coco_instances(name, {}, json_file, str(coco / split))
     return {"shapes_voc": str(voc), "shapes_coco": str(coco)}
+
+
+def _unregister_unless(name: str, key: str, value: str) -> bool:
+    """Whether ``name`` needs registering: it is not registered, or registered with metadata ``key`` other than
+    ``value`` (the demo sets written under another root by an earlier job in this process), which is removed."""
+    if name not in DatasetCatalog.list():
+        return True
+    if getattr(MetadataCatalog.get(name), key, None) == value:
+        return False
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+    return True

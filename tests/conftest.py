@@ -1,4 +1,8 @@
-"""Shared test settings: deterministic CPU runs."""
+"""Shared test settings: deterministic CPU runs, temporary files removed as soon as they are done with."""
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,3 +20,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def module_dir(tmp_path_factory, request) -> Iterator[Path]:
+    """A directory for the files a module's tests share, removed when the module is done (pytest would keep
+    it to the end of the session, and the real checkpoints are hundreds of MB)."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -33,8 +33,9 @@ WIDTHS = (1.0, 0.6, 0.35, 0.25)
 
 
 @pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("calib")
+def image_dir(module_dir):
+    root = module_dir / "calib"
+    root.mkdir()
     g = torch.Generator().manual_seed(0)
     for i in range(6):
         arr = (torch.rand(48, 64, 3, generator=g) * 255).to(torch.uint8).numpy()
@@ -43,10 +44,10 @@ def image_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=["resnet18", "resnet50"])
-def checkpoint(request, tmp_path_factory):
+def checkpoint(request, module_dir):
     torch.manual_seed(0)
     model = us3l.models.build_model(request.param, num_classes=0)
-    path = tmp_path_factory.mktemp("ck") / f"{request.param}.pth"
+    path = module_dir / f"{request.param}.pth"
     us3l.save_checkpoint(path, model, method="test", config={"data": {"dataset": "imagenet"}}, provenance={})
     return us3l.load_checkpoint(path)
 

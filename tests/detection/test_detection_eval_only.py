@@ -16,8 +16,8 @@ SCHEDULE = ["SOLVER.MAX_ITER", "10", "SOLVER.CHECKPOINT_PERIOD", "2", "MODEL.ROI
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evalonly")
+def finished_run(module_dir):
+    root = module_dir
     torch.manual_seed(0)
     ckpt = root / "backbone.pth"
     us3l.save_checkpoint(ckpt, us3l.models.us_resnet18(num_classes=0), method="test",

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 import detection.d2compat  # noqa: F401
 
 # isort: split
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
 import us3l
@@ -20,8 +22,8 @@ from us3l.data import DatasetMissingError
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ck") / "backbone.pth"
+def ckpt(module_dir):
+    path = module_dir / "backbone.pth"
     us3l.save_checkpoint(path, us3l.models.us_resnet18(num_classes=0), method="test", config={}, provenance={})
     return path
 
@@ -60,6 +62,19 @@ def test_image_files_match_the_loaders_without_reading_annotations(tmp_path, mon
         monkeypatch.setattr(DatasetCatalog, "get", lambda n: pytest.fail(f"{n}: annotations parsed"))
         assert image_files_of(name) == loaded
         monkeypatch.undo()
+
+
+def test_demo_sets_follow_the_latest_root_in_one_process(tmp_path):
+    """A second job in the same process (sweeps, tests) with another datasets dir reads its own copy, not the
+    first job's, which may be gone."""
+    register_shapes(tmp_path / "a")
+    register_shapes(tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    for name in ("shapes_voc_test", "shapes_coco_test"):
+        files = [d["file_name"] for d in DatasetCatalog.get(name)]
+        assert files and all(f.startswith(str(tmp_path / "b")) and Path(f).is_file() for f in files)
+        check_dataset(name)
+    assert MetadataCatalog.get("shapes_voc_test").evaluator_type == "pascal_voc"
 
 
 def test_prune_keeps_the_newest_periodic_checkpoints_and_final(tmp_path):

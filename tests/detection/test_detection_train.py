@@ -245,9 +245,10 @@ def _global_state_restored() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def seeded_runs(tmp_path_factory, ckpt):
+def seeded_runs(module_dir, ckpt):
     """Runs a and b (float32) and c (SOLVER.AMP.ENABLED: bfloat16 on CPU), all seed 7 and --deterministic."""
-    root = tmp_path_factory.mktemp("seeded")
+    root = module_dir / "seeded"
+    root.mkdir()
     with _global_state_restored():
         for name, opts in (("a", ()), ("b", ()), ("c", ("SOLVER.AMP.ENABLED", "True"))):
             assert _seeded(root, ckpt, name, opts=opts) == 0

@@ -52,7 +52,15 @@ class World:
                               capture_output=True, text=True)
         assert done.returncode == 0, (f"make {target} {shlex.join(args)} failed:\n"
                                       f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+        self.drop_training_state()
         return done.stdout + done.stderr
+
+    def drop_training_state(self) -> None:
+        """Remove what no later step reads: resumable pretraining state (last.pth, 540 MB for ResNet-50) and
+        detection checkpoints. Backbones and records stay."""
+        for pattern in ("last.pth", "model_*.pth"):
+            for path in self.out.rglob(pattern):
+                path.unlink()
 
     def records(self, task: str, dataset: str | None = None) -> list[dict]:
         found = [json.loads(p.read_text()) for p in (self.out / "results").glob("*.json")]
@@ -60,8 +68,8 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> World:
-    return World(tmp_path_factory.mktemp("rehearsal"))
+def world(module_dir) -> World:
+    return World(module_dir)
 
 
 @pytest.mark.parametrize("config, arch", [("imagenet_r50", "resnet50"), ("cifar100_r18", "resnet18")])

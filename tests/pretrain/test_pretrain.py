@@ -25,8 +25,8 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("data")
+def data_dir(module_dir) -> Path:
+    return module_dir
 
 
 def write_config(path: Path, data_dir: Path, **changes) -> Path:

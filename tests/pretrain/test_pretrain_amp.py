@@ -31,8 +31,8 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("data")
+def data_dir(module_dir) -> Path:
+    return module_dir
 
 
 @pytest.mark.parametrize("preset", ["us3l", "byol", "simclr", "mocov2"])

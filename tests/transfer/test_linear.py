@@ -19,8 +19,8 @@ from us3l.jobs import read_records, spec_diff, spec_id
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("linear")
+def setup(module_dir):
+    root = module_dir
     write_cifar10(root / "data", n_train=100, n_test=50)
     ckpt = write_checkpoint(root / "ck.pth")
     return root, ckpt

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imagenet")
+def setup(module_dir):
+    root = module_dir
     write_imagenet(root / "data", n_train=8, n_val=2)  # 4 classes: 32 train, 8 val images of 48-64 px
     torch.manual_seed(0)
     ckpt = us3l.save_checkpoint(root / "ck.pth", us3l.models.us_resnet18(num_classes=0), method="test", config={},

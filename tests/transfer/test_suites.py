@@ -72,8 +72,8 @@ def _write(tmp_path: Path, body: str, name: str = "s.yaml") -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ck")
+def checkpoints(module_dir):
+    d = module_dir
     return {"slim": _ckpt(d / "slim.pth"), "w100": _ckpt(d / "w100.pth", (1.0, 1.0)),
             "w050": _ckpt(d / "w050.pth", (0.5, 0.5)), "half": _ckpt(d / "half.pth", (0.5, 1.0))}
 

@@ -35,10 +35,9 @@ from us3l.data import build_dataset, build_pretrain_dataset
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    write_all(root)
-    return root
+def root(module_dir) -> Path:
+    write_all(module_dir)
+    return module_dir
 
 
 def _nearest_palette(image: Image.Image) -> int:
