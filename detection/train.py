@@ -73,9 +73,8 @@ from detection.hooks import bound_checkpoints
 from us3l.atomic import atomic_path
 from us3l.data import COCO_SET_FORM, CocoSet
 from us3l.device import DEVICE_CHOICES, device_info, resolve_device
-from us3l.errors import UsageError, run_cli
+from us3l.errors import Diverged, UsageError, run_cli
 from us3l.jobs import (
-    Diverged,
     JobSpec,
     canonical,
     checked_width,

@@ -23,7 +23,7 @@ import us3l
 from us3l.data import TwoViews, build_pretrain_dataset, is_image_folder, simclr_augmentation
 from us3l.device import device_info, resolve_device
 from us3l.device import precision_name as device_precision
-from us3l.errors import RunFailed
+from us3l.errors import Diverged
 from us3l.group_reg import GroupRegularizer, regularized_parameters
 from us3l.models import build_model
 from us3l.samplers import Sampler as WidthSampler
@@ -33,10 +33,6 @@ from . import distributed as D
 from .config import ConfigError, PretrainConfig
 from .metrics import RunLogger
 from .state import load_state, restore_scaler, save_state, set_rng_state
-
-
-class TrainingDiverged(RunFailed, RuntimeError):
-    """The loss became NaN or infinite (exit status 1; the last good checkpoint is kept)."""
 
 
 class GlobalBatches(Sampler[list[int]]):
@@ -295,7 +291,7 @@ class StepMetrics:
 
 def step(run: Run, x1: torch.Tensor, x2: torch.Tensor) -> StepMetrics:
     """Iteration ``run.iteration`` on the two views ``x1``, ``x2``: forward/backward at the sampled widths,
-    then reduce, unscale, regularize and step; :class:`TrainingDiverged` on a non-finite loss."""
+    then reduce, unscale, regularize and step; :class:`~us3l.errors.Diverged` on a non-finite loss."""
     it = run.iteration
     widths = run.sampler.widths(it)
     lr = lr_at(run.cfg, it, run.total)
@@ -307,7 +303,7 @@ def step(run: Run, x1: torch.Tensor, x2: torch.Tensor) -> StepMetrics:
     run.forwards += len(widths)
     if not math.isfinite(out.loss):
         kept = f"last good checkpoint {run.last_path}" if run.last_path.exists() else "no checkpoint was written"
-        raise TrainingDiverged(f"loss became {out.loss} at iteration {it} (per width {out.losses}); "
+        raise Diverged(f"loss became {out.loss} at iteration {it} (per width {out.losses}); "
                                f"training stopped, {kept}; lower lr or check the data")
     alpha = run.reg.alpha_at(it) if run.reg is not None else 0.0
     scale = run.scaler.get_scale() if run.scaler.is_enabled() else 1.0

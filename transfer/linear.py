@@ -54,9 +54,8 @@ import us3l
 from us3l import data as D
 from us3l.checkpoint import atomic_torch_save
 from us3l.device import device_info, resolve_device
-from us3l.errors import UsageError, run_cli
+from us3l.errors import Diverged, UsageError, run_cli
 from us3l.jobs import (
-    Diverged,
     JobSpec,
     command_line,
     make_record,

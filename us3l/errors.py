@@ -14,6 +14,11 @@ class RunFailed(Exception):
     """A run that started and failed (e.g. diverged): one line, exit status 1; what it leaves says so."""
 
 
+class Diverged(RunFailed, RuntimeError):
+    """A NaN or infinite loss or metric: the run stops with exit status 1 (a job leaves a failed record,
+    pretraining its last good checkpoint)."""
+
+
 def run_cli(prog: str, body: Callable[[], int | None]) -> int:
     """Run a program's ``body``; its exit status (None: 0). A :class:`UsageError` prints ``prog: error: ...`` and
     gives 2, a :class:`RunFailed` the same line and 1; any other exception is a bug and propagates."""

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_path
 from .channels import WidthError, check_width
-from .errors import RunFailed, UsageError
+from .errors import Diverged, UsageError
 
 if TYPE_CHECKING:
     from .checkpoint import BackboneCheckpoint
@@ -47,10 +47,6 @@ ID_LENGTH = 16
 
 class SpecError(UsageError):
     """A job spec that cannot run (one line naming what to change; exit status 2)."""
-
-
-class Diverged(RunFailed, RuntimeError):
-    """A NaN or infinite loss or metric: the job ends with exit status 1 and a failed record."""
 
 
 def canonical(value: Any) -> Any:

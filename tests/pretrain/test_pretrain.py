@@ -213,7 +213,8 @@ def test_step_is_one_iteration_of_the_model_on_given_views(tmp_path, data_dir):
 
     from pretrain import distributed as D
     from pretrain.config import build_config
-    from pretrain.train import TrainingDiverged, build_run, lr_at, step
+    from pretrain.train import build_run, lr_at, step
+    from us3l.errors import Diverged
 
     cfg = build_config({**TINY, "data_root": str(data_dir), "output_dir": str(tmp_path), "iterations": 8})
     run = build_run(cfg, "tiny", torch.device("cpu"), D.DistInfo())
@@ -230,5 +231,5 @@ def test_step_is_one_iteration_of_the_model_on_given_views(tmp_path, data_dir):
     assert (run.iteration, run.forwards, run.skipped) == (3, 3, 0)
     assert all(not torch.equal(a, b) for a, b in zip(before, run.params))  # every trainable tensor stepped
     assert not (tmp_path / "tiny").exists()  # building and stepping write nothing
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at iteration 3 .*no checkpoint was written"):
+    with pytest.raises(Diverged, match=r"loss became nan at iteration 3 .*no checkpoint was written"):
         step(run, torch.full_like(x1, float("nan")), x2)
