@@ -43,7 +43,7 @@ def check_width(width: object, lo: float | None = None, hi: float | None = None,
     return w
 
 
-def check_width_range(lo: float, hi: float, what: str = "width range") -> tuple[float, float]:
+def check_width_range(lo: float, hi: float, *, what: str = "width range") -> tuple[float, float]:
     """``(lo, hi)`` as floats with 0 < lo <= hi <= 1, else :class:`WidthError` naming ``what``."""
     if not 0.0 < lo <= hi <= 1.0:
         raise WidthError(f"{what} [{lo:g}, {hi:g}] must lie in (0, 1] with min <= max, e.g. [0.25, 1.0]")

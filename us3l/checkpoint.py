@@ -156,8 +156,9 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> Backbon
         raise CheckpointError(f"{path}: unknown stem {obj['stem']!r}; expected one of {STEMS}")
     rng = obj["width_range"]
     try:
-        check_width_range(*rng)
-    except (TypeError, ValueError):  # WidthError, or not two numbers
+        lo, hi = rng if isinstance(rng, (list, tuple)) else ()
+        width_range = check_width_range(lo, hi)
+    except (TypeError, ValueError):  # not two numbers, or WidthError
         raise CheckpointError(f"{path}: width range {rng!r} is invalid; expected [min, max] with 0 < min <= max "
                               "<= 1") from None
     if obj["divisor"] != DIVISOR:
@@ -168,7 +169,7 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None) -> Backbon
         sha256=file_sha256(path),
         arch=obj["arch"],
         stem=obj["stem"],
-        width_range=(float(rng[0]), float(rng[1])),
+        width_range=width_range,
         divisor=obj["divisor"],
         state_dict=obj["state_dict"],
         method=str(obj["method"]),

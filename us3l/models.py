@@ -74,7 +74,8 @@ class USResNet(nn.Module):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; expected one of {STEMS}")
-        lo, hi = check_width_range(*width_range)
+        lo, hi = width_range
+        lo, hi = check_width_range(lo, hi)
         plan = channel_plan(arch, 1.0)
         self.arch, self.stem, self.num_classes = arch, stem, num_classes
         self.width_range = (lo, hi)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .channels import check_width
+from .channels import WidthError, check_width
 from .group_reg import ALPHA_SCHEDULES, check_alpha
 from .layers import set_width
 from .losses import at_least_fp32, nt_xent, unit_mse
@@ -111,7 +111,10 @@ class SSLConfig:
         if self.dynamic_stages and self.sampler != "dynamic":
             raise ValueError("dynamic_stages applies to sampler=dynamic only: remove it or set sampler=dynamic")
         for w in self.dynamic_stages:
-            check_width(w)
+            try:
+                check_width(w)
+            except WidthError as e:
+                raise WidthError(f"dynamic_stages: {e}") from None
         check_alpha(self.group_alpha, self.groups)
         return self
 

@@ -56,6 +56,21 @@ def test_other_arch_and_missing_file(tmp_path: Path) -> None:
         us3l.load_checkpoint(tmp_path / "nope.pth")
 
 
+@pytest.mark.parametrize("rng", [[0.25, 1.0, 0.5], [0.5], {0.25: 0, 1.0: 1}, [1.0, 0.25], ["0.25", "1.0"]])
+def test_width_range_must_be_two_ordered_numbers(tmp_path: Path, rng) -> None:
+    path = _save(tmp_path)
+    obj = torch.load(path, weights_only=True)
+    obj["width_range"] = rng
+    torch.save(obj, path)
+    with pytest.raises(us3l.CheckpointError, match="width range .* is invalid"):
+        us3l.load_checkpoint(path)
+
+
+def test_model_width_range_must_be_a_pair() -> None:
+    with pytest.raises(ValueError):
+        USResNet("resnet18", width_range=(0.25, 1.0, 0.5))
+
+
 def test_tampered_shapes_and_fields(tmp_path: Path) -> None:
     path = _save(tmp_path)
     obj = torch.load(path, weights_only=True)

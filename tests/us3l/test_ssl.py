@@ -269,7 +269,7 @@ def test_mocov2_queue_fills():
     ({"group_schedule": "cosine"}, "group_schedule"),
     ({"num_widths": 1}, "num_widths >= 2"),
     ({"num_widths": 2.5}, "integer"),
-    ({"dynamic_stages": [1.0, 0.0]}, r"\(0, 1\]"),
+    ({"dynamic_stages": [1.0, 0.0]}, r"dynamic_stages: .*\(0, 1\]"),
     ({"dynamic_stages": [0.5], "sampler": "sandwich"}, "sampler=dynamic only"),
     ({"proj_layers": 4}, "proj_layers"),
     ({"nope": 1}, "unknown objective switch"),
