@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,10 +54,10 @@ def add_us3l_config(cfg: CfgNode) -> CfgNode:
 # A config value below its floor is kept as it is (the floor never widens a head).
 HEAD_FLOORS = {"MODEL.FPN.OUT_CHANNELS": 64, "MODEL.ROI_BOX_HEAD.CONV_DIM": 48, "MODEL.ROI_BOX_HEAD.FC_DIM": 256,
                "MODEL.ROI_MASK_HEAD.CONV_DIM": 48}
-HEAD_KEYS = tuple(HEAD_FLOORS)
 
 
-def _get(cfg: CfgNode, key: str):
+def config_value(cfg: CfgNode, key: str) -> Any:
+    """The value at dotted ``key`` (``MODEL.FPN.OUT_CHANNELS``) of ``cfg``."""
     node = cfg
     for part in key.split("."):
         node = node[part]
@@ -65,11 +66,20 @@ def _get(cfg: CfgNode, key: str):
 
 def _set(cfg: CfgNode, key: str, value) -> None:
     *path, last = key.split(".")
-    _get(cfg, ".".join(path))[last] = value
+    config_value(cfg, ".".join(path))[last] = value
+
+
+def merge_overrides(cfg: CfgNode, opts: list[str] | tuple[str, ...], what: str) -> None:
+    """Merge KEY VALUE ``opts`` into ``cfg``; a key the config lacks or a value of another type (yacs' errors) is
+    a ``UsageError`` that starts with ``what``."""
+    try:
+        cfg.merge_from_list(list(opts))
+    except (AssertionError, KeyError, ValueError) as e:
+        raise UsageError(f"{what}: {e}") from None
 
 
 def scale_heads(cfg: CfgNode, width: float, explicit: tuple[str, ...] | set[str] = ()) -> dict[str, int]:
-    """Scale the FPN and R-CNN head channels (``HEAD_KEYS``) to ``width`` in place; returns the new values.
+    """Scale the FPN and R-CNN head channels (``HEAD_FLOORS`` keys) to ``width`` in place; returns the new values.
 
     Each count C (the config file's value at full width) becomes ``max(make_divisible(C * width),
     min(C, HEAD_FLOORS[key]))``: the rule the backbone's layers follow (the nearest multiple of 8, never
@@ -83,9 +93,9 @@ def scale_heads(cfg: CfgNode, width: float, explicit: tuple[str, ...] | set[str]
     out = {}
     for key, floor in HEAD_FLOORS.items():
         if key not in explicit:
-            full = _get(cfg, key)
+            full = config_value(cfg, key)
             _set(cfg, key, max(make_divisible(full * width), min(full, floor)))
-        out[key] = _get(cfg, key)
+        out[key] = config_value(cfg, key)
     return out
 
 
@@ -94,8 +104,9 @@ def check_head_norms(cfg: CfgNode) -> None:
     for norm_key, dim_key in (("MODEL.FPN.NORM", "MODEL.FPN.OUT_CHANNELS"),
                               ("MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_BOX_HEAD.CONV_DIM"),
                               ("MODEL.ROI_MASK_HEAD.NORM", "MODEL.ROI_MASK_HEAD.CONV_DIM")):
-        if _get(cfg, norm_key) == "GN" and _get(cfg, dim_key) % GN_GROUPS:
-            raise UsageError(f"{norm_key} 'GN' needs {dim_key} divisible by {GN_GROUPS}, got {_get(cfg, dim_key)} "
+        dim = config_value(cfg, dim_key)
+        if config_value(cfg, norm_key) == "GN" and dim % GN_GROUPS:
+            raise UsageError(f"{norm_key} 'GN' needs {dim_key} divisible by {GN_GROUPS}, got {dim} "
                              f"at width {cfg.MODEL.US3L.WIDTH:g}; use 'BN', 'SyncBN' or set {dim_key} explicitly")
 
 
@@ -123,10 +134,7 @@ def build_config(task: str, *, arch: str, width: float, demo: bool = False, opts
     if opts:
         if len(opts) % 2:
             raise UsageError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
-        try:
-            cfg.merge_from_list(list(opts))
-        except (AssertionError, KeyError, ValueError) as e:  # yacs: a key the config lacks, a value of another type
-            raise UsageError(f"config override: {e}") from None
+        merge_overrides(cfg, opts, "config override")
     if float(cfg.MODEL.US3L.WIDTH) != float(width):
         raise UsageError("set the width with --width, not MODEL.US3L.WIDTH")
     if cfg.MODEL.US3L.SCALE_HEADS:

@@ -31,6 +31,7 @@ from us3l.data import (
     write_shapes,
 )
 from us3l.errors import UsageError
+from us3l.jobs import JobSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -50,24 +51,30 @@ def check_dataset(name: str) -> None:
                                   f"(annotations: {json_file}); put the images there")
 
 
+def _registered_files(name: str, *keys: str) -> tuple[Any, ...] | None:
+    """The metadata ``keys`` (file locations) ``name`` is registered with; None when it is not registered."""
+    if name not in DatasetCatalog.list():
+        return None
+    meta = MetadataCatalog.get(name)
+    return tuple(getattr(meta, k, None) for k in keys)
+
+
 def register_coco_set(coco: CocoSet) -> None:
     """Register ``coco`` with Detectron2's COCO loader (once per process; a name taken by another set is refused)."""
-    if coco.name in DatasetCatalog.list():
-        meta = MetadataCatalog.get(coco.name)
-        registered = (getattr(meta, "json_file", None), getattr(meta, "image_root", None))
-        if registered != (coco.json_file, coco.image_root):
-            raise UsageError(f"dataset name {coco.name!r} is already registered with other files; "
-                             f"pick another NAME")
-        return
-    register_coco_instances(coco.name, {}, coco.json_file, coco.image_root)
+    registered = _registered_files(coco.name, "json_file", "image_root")
+    if registered is None:
+        register_coco_instances(coco.name, {}, coco.json_file, coco.image_root)
+    elif registered != (coco.json_file, coco.image_root):
+        raise UsageError(f"dataset name {coco.name!r} is already registered with other files; pick another NAME")
 
 
-def register_job_datasets(demo: bool, coco_sets: dict[str, dict[str, Any]], datasets_dir: str) -> None:
-    """Register what a job reads, in the process that runs it: the demo sets (``demo``) and its COCO-format sets
-    (``{split: {"name", "json", "images", ...}}``, as :meth:`CocoSet.describe` described them)."""
-    if demo:
+def register_job_datasets(spec: JobSpec, datasets_dir: str) -> None:
+    """Register what ``spec`` reads, in the process that runs it: the demo sets (written under ``datasets_dir``
+    for a demo job) and its COCO-format sets (``protocol["coco_sets"]``, as :meth:`CocoSet.describe` described
+    them)."""
+    if spec.demo:
         register_shapes(datasets_dir)
-    for s in coco_sets.values():
+    for s in spec.protocol.get("coco_sets", {}).values():
         register_coco_set(CocoSet(s["name"], s["json"], s["images"]))
 
 
@@ -99,22 +106,22 @@ def register_shapes(root: str | os.PathLike) -> dict[str, str]:
     coco = write_shapes(root / "shapes_coco", "coco")
     for split in DETECTION_SPLITS:
         name = f"shapes_voc_{split}"
-        if _unregister_unless(name, "dirname", str(voc)):
+        if _unregister_unless(name, dirname=str(voc)):
             register_pascal_voc(name, str(voc), split, 2012, class_names=list(DETECTION_CLASSES))
             MetadataCatalog.get(name).evaluator_type = "pascal_voc"
         name, json_file = f"shapes_coco_{split}", str(coco / "annotations" / f"instances_{split}.json")
-        if _unregister_unless(name, "json_file", json_file):
+        if _unregister_unless(name, json_file=json_file):
             register_coco_instances(name, {}, json_file, str(coco / split))
     return {"shapes_voc": str(voc), "shapes_coco": str(coco)}
 
 
-def _unregister_unless(name: str, key: str, value: str) -> bool:
-    """Whether ``name`` needs registering: it is not registered, or registered with metadata ``key`` other than
-    ``value`` (the demo sets written under another root by an earlier job in this process), which is removed."""
-    if name not in DatasetCatalog.list():
-        return True
-    if getattr(MetadataCatalog.get(name), key, None) == value:
+def _unregister_unless(name: str, **files: str) -> bool:
+    """Whether ``name`` needs registering: it is not registered, or registered with other ``files`` (the demo sets
+    written under another root by an earlier job in this process), which registration is removed."""
+    registered = _registered_files(name, *files)
+    if registered == tuple(files.values()):
         return False
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
+    if registered is not None:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
     return True

@@ -25,7 +25,7 @@ import detection.d2compat  # noqa: F401  (before any detectron2 import)
 # isort: split
 from detectron2.config import CfgNode, get_cfg
 
-from detection.config import add_us3l_config
+from detection.config import add_us3l_config, config_value, merge_overrides
 from detection.convert import WeightsError
 from detection.datasets import check_dataset, register_job_datasets
 from us3l.checkpoint import file_sha256
@@ -78,19 +78,14 @@ def eval_config(run_dir: Path, opts: list[str], device: str) -> tuple[CfgNode, d
     keys = check_test_options(opts)
     cfg = add_us3l_config(get_cfg())
     cfg.merge_from_file(str(run_dir / RUN_CONFIG))
-    try:
-        cfg.merge_from_list(list(opts))
-    except (AssertionError, KeyError, ValueError) as e:  # yacs: a key the config lacks, a value of another type
-        raise UsageError(f"--eval-only override: {e}") from None
+    merge_overrides(cfg, opts, "--eval-only override")
     cfg.MODEL.DEVICE = device
     cfg.MODEL.WEIGHTS = ""
     cfg.OUTPUT_DIR = str(run_dir / EVAL_DIR)
     cfg.freeze()
     node_values = {}
     for key in keys:
-        node: Any = cfg
-        for part in key.split("."):
-            node = node[part]
+        node = config_value(cfg, key)
         node_values[key] = list(node) if isinstance(node, tuple) else node
     return cfg, node_values
 
@@ -147,7 +142,7 @@ def prepare_eval(args: argparse.Namespace) -> tuple[CfgNode, JobSpec, str]:
     cfg, options = eval_config(run_dir, list(args.opts), resolve_device(args.device, allow_cpu=args.demo).type)
     spec = eval_spec(run_dir, cfg, args, options)
     datasets_dir = str(Path(args.output) / "datasets")
-    register_job_datasets(spec.demo, spec.protocol.get("coco_sets", {}), datasets_dir)
+    register_job_datasets(spec, datasets_dir)
     for name in cfg.DATASETS.TEST:
         check_dataset(name)
     return cfg, spec, datasets_dir

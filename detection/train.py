@@ -46,7 +46,7 @@ import detection.d2compat  # noqa: F401  (before any detectron2 import)
 # isort: split
 import detectron2.utils.comm as comm
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, SimpleTrainer, hooks, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils.env import seed_all_rng
@@ -456,11 +456,9 @@ def config_here(spec: JobSpec, run: DetectionRun, device: str) -> tuple[CfgNode,
 
 def check_datasets(cfg: CfgNode, spec: JobSpec, datasets_dir: str) -> None:
     """Register the job's datasets and check each is on disk (``DatasetMissingError`` naming what is missing)."""
-    register_job_datasets(spec.demo, spec.protocol.get("coco_sets", {}), datasets_dir)
+    register_job_datasets(spec, datasets_dir)
     for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
         check_dataset(name)
-        if name not in DatasetCatalog.list():
-            raise UsageError(f"dataset {name!r} is not registered with Detectron2")
 
 
 def backbone_weights(spec: JobSpec, run: DetectionRun, ck: us3l.BackboneCheckpoint | None, cfg: CfgNode,
@@ -571,7 +569,7 @@ def worker(cfg: CfgNode, job: Job) -> None:
     infinite loss (Detectron2's ``FloatingPointError``) or metric raises ``Diverged``."""
     setup_logger(output=job.run_dir, distributed_rank=comm.get_rank(), name="detectron2")
     setup_logger(output=job.run_dir, distributed_rank=comm.get_rank(), name="us3l")
-    register_job_datasets(job.spec.demo, job.spec.protocol.get("coco_sets", {}), job.datasets_dir)
+    register_job_datasets(job.spec, job.datasets_dir)
     seed_all_rng(cfg.SEED + comm.get_rank())  # as Detectron2's default_setup does
     deterministic = job.spec.protocol["deterministic"]
     if deterministic:
@@ -619,7 +617,7 @@ def run_job(spec: JobSpec, run: DetectionRun) -> int:
 def eval_worker(cfg: CfgNode, job: Job) -> None:
     """``--eval-only``: build the run's detector, load ``job.weights`` strictly, evaluate, record."""
     setup_logger(output=job.run_dir, distributed_rank=comm.get_rank(), name="detectron2")
-    register_job_datasets(job.spec.demo, job.spec.protocol.get("coco_sets", {}), job.datasets_dir)
+    register_job_datasets(job.spec, job.datasets_dir)
     start = time.time()
     model = Trainer.build_model(cfg)
     load_detector_weights(model, job.weights)
