@@ -158,6 +158,15 @@ def average_gradients(params: list[nn.Parameter]) -> None:
         offset += g.numel()
 
 
+def any_process(flag: bool, device: torch.device) -> bool:
+    """True on every process if ``flag`` is true on any (so that all save and stop at the same iteration)."""
+    if not active():
+        return flag
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from us3l.errors import run_cli
 
-from .config import ConfigError, PretrainConfig, build_config, load_config, load_raw
+from .config import ConfigError, PretrainConfig, build_config, load_raw
 from .train import train
 
 PAPER_WIDTHS = (1.0, 0.75, 0.5, 0.25)
@@ -37,11 +37,11 @@ def parse_widths(text: str) -> tuple[float, ...]:
 
 def width_configs(path: str | Path, overrides: list[str], widths: tuple[float, ...]) -> list[PretrainConfig]:
     """The config at each width, validated (each width must lie in the file's ``width_range``)."""
-    cfg = load_config(path, overrides)  # reports a bad file or override first
+    raw = load_raw(path, overrides)
+    cfg = build_config(raw)  # reports a bad file or override first
     if cfg.objective().sampler != "single":
         raise ConfigError(f"{path} trains one slimmable model (sampler={cfg.objective().sampler}); "
                           f"per-width training is for single-width baselines: use python -m pretrain")
-    raw = load_raw(path, overrides)
     return [build_config({**raw, "width": w}) for w in widths]
 
 

@@ -10,11 +10,11 @@ import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
@@ -208,8 +208,9 @@ class Run:
     def precision(self) -> str:
         return precision_name(self.cfg, self.device)
 
-    @property
+    @cached_property
     def params(self) -> list[torch.nn.Parameter]:
+        """The trainable parameters (fixed for the run: the momentum encoder never trains)."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -304,7 +305,7 @@ def step(run: Run, x1: torch.Tensor, x2: torch.Tensor) -> StepMetrics:
     if not math.isfinite(out.loss):
         kept = f"last good checkpoint {run.last_path}" if run.last_path.exists() else "no checkpoint was written"
         raise Diverged(f"loss became {out.loss} at iteration {it} (per width {out.losses}); "
-                               f"training stopped, {kept}; lower lr or check the data")
+                       f"training stopped, {kept}; lower lr or check the data")
     alpha = run.reg.alpha_at(it) if run.reg is not None else 0.0
     scale = run.scaler.get_scale() if run.scaler.is_enabled() else 1.0
     run.skipped += apply_gradients(run.optimizer, run.scaler, run.params, run.reg, alpha)
@@ -383,7 +384,7 @@ def after_step(run: Run, monitor: Monitor, m: StepMetrics, should_stop: Callable
     """The periodic actions: log, checkpoint every ``checkpoint_every`` iterations, and stop when asked
     (``should_stop`` agreed over processes: save, then raise :class:`Interrupted`)."""
     monitor.update(run, m)
-    stop = should_stop is not None and _on_any_process(should_stop(), run.device)
+    stop = should_stop is not None and D.any_process(should_stop(), run.device)
     done = run.iteration
     if done % run.cfg.checkpoint_every == 0 or done == run.total or stop:
         if run.info.is_main:
@@ -393,15 +394,6 @@ def after_step(run: Run, monitor: Monitor, m: StepMetrics, should_stop: Callable
     if stop and done < run.total:
         monitor.info(f"stop requested: state saved at iteration {done}/{run.total} in {run.last_path}")
         raise Interrupted(done)
-
-
-def _on_any_process(flag: bool, device: torch.device) -> bool:
-    """True on every process if ``flag`` is true on any (so all save and stop at the same iteration)."""
-    if not D.active():
-        return flag
-    t = torch.tensor(float(flag), device=device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
 
 
 def finish(run: Run, monitor: Monitor) -> None:

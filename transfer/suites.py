@@ -161,12 +161,10 @@ def load_suite(path: str | os.PathLike, output: str | os.PathLike = "output") ->
 def _widths(value: Any, what: str, fail) -> tuple[float, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(w, (int, float)) for w in value):
         raise fail(f"{what} must be a list of numbers, e.g. [1.0, 0.75, 0.5, 0.25]; got {value!r}")
-    out = tuple(float(w) for w in value)
-    for w in out:
-        try:
-            check_width(w)
-        except WidthError as e:
-            raise fail(f"{what}: {e}") from None
+    try:
+        out = tuple(check_width(float(w)) for w in value)
+    except WidthError as e:
+        raise fail(f"{what}: {e}") from None
     if any(same_width(a, b) for i, a in enumerate(out) for b in out[i + 1:]):
         raise fail(f"{what} lists a width twice: {value!r}")
     return out

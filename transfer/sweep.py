@@ -45,6 +45,8 @@ import submitit
 import torch
 
 import us3l
+from us3l.data import SPECS
+from us3l.data import spec as dataset_spec
 from us3l.device import DEVICE_CHOICES
 from us3l.errors import UsageError, run_cli
 from us3l.jobs import JobSpec, command_line, read_records
@@ -82,14 +84,12 @@ class Task:
 def parse_tasks(text: str) -> list[Task]:
     """``voc,coco,linear:cifar100,linear+augment:cifar10,knn:imagefolder:/data/x`` -> tasks (``UsageError`` naming
     the accepted forms)."""
-    from us3l.data import SPECS, spec
-
     tasks = []
     for name in (t.strip() for t in text.split(",")):
         head, _, dataset = name.partition(":")
         kind, plus, option = head.partition("+")
         try:
-            known = bool(dataset) and bool(spec(dataset))
+            known = bool(dataset) and bool(dataset_spec(dataset))
         except ValueError:
             known = False
         if kind in DETECTION_TASKS and not dataset and not plus:
@@ -314,9 +314,7 @@ class Sweep:
     def __init__(self, cfg: SweepConfig, out: Callable[[str], None] = print) -> None:
         self.cfg, self.out = cfg, out
         if cfg.demo:
-            from us3l.data import spec
-
-            real = [t.name for t in cfg.tasks if t.kind in RECOGNITION_TASKS and not spec(t.dataset).demo]
+            real = [t.name for t in cfg.tasks if t.kind in RECOGNITION_TASKS and not dataset_spec(t.dataset).demo]
             if real:
                 raise UsageError(f"--demo runs on the built-in data; {', '.join(real)} is a real dataset "
                                  f"(use linear:shapes, or drop --demo)")
