@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from .channels import channel_plan
+from .channels import arch_spec
 from .layers import USBatchNorm2d, USConv2d, USLinear, get_width, set_width
 from .models import USResNet
 
@@ -52,9 +52,9 @@ def export_subnet(model: USResNet, width: float) -> ResNet:
     previous = get_width(model)
     set_width(model, width)
     try:
-        plan = channel_plan(model.arch, 1.0)
-        block = {"basic": BasicBlock, "bottleneck": Bottleneck}[plan.block]
-        net = ResNet(block, [len(s.blocks) for s in plan.stages], num_classes=max(model.num_classes, 1))
+        spec = arch_spec(model.arch)
+        block = {"basic": BasicBlock, "bottleneck": Bottleneck}[spec.block]
+        net = ResNet(block, list(spec.depths), num_classes=max(model.num_classes, 1))
         if model.stem == "cifar":
             net.maxpool = nn.Identity()
         if model.num_classes == 0:

@@ -239,10 +239,10 @@ def _write_voc(dest: Path, seed: int, splits: dict[str, int], size: int) -> None
 
 def _write_coco(dest: Path, seed: int, splits: dict[str, int], size: int) -> None:
     categories = [{"id": k + 1, "name": c, "supercategory": "shape"} for k, c in enumerate(DETECTION_CLASSES)]
-    (dest / "annotations").mkdir(parents=True, exist_ok=True)
+    for sub in ("annotations", *splits):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
     data = {split: {"images": [], "annotations": [], "categories": categories} for split in splits}
     for split, i, image, objects in _detection_images(seed, splits, size):
-        (dest / split).mkdir(exist_ok=True)
         file_name = f"{i:05d}.jpg"
         image.save(dest / split / file_name, quality=95)
         d = data[split]
