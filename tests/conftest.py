@@ -25,7 +25,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def module_dir(tmp_path_factory, request) -> Iterator[Path]:
     """A directory for the files a module's tests share, removed when the module is done (pytest would keep
-    it to the end of the session, and the real checkpoints are hundreds of MB)."""
+    it to the end of the session, and the real checkpoints are hundreds of MB); kept if one of its tests failed."""
     path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    failed_before = request.session.testsfailed
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)

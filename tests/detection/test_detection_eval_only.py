@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-import us3l
 from detection.evaluate import check_test_options, run_dir_of
 from detection.train import main
 from us3l.jobs import read_records
@@ -16,12 +14,8 @@ SCHEDULE = ["SOLVER.MAX_ITER", "10", "SOLVER.CHECKPOINT_PERIOD", "2", "MODEL.ROI
 
 
 @pytest.fixture(scope="module")
-def finished_run(module_dir):
+def finished_run(module_dir, ckpt):
     root = module_dir
-    torch.manual_seed(0)
-    ckpt = root / "backbone.pth"
-    us3l.save_checkpoint(ckpt, us3l.models.us_resnet18(num_classes=0), method="test",
-                         config={"data": {"dataset": "shapes"}}, provenance={})
     out = ["--demo", "--output", str(root / "det"), "--results", str(root / "res")]
     assert main(["--task", "voc", "--checkpoint", str(ckpt), "--width", "0.25", *out, *SCHEDULE]) == 0
     [run_dir] = (root / "det").glob("voc-demo/w0.2500-*")

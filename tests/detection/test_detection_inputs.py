@@ -14,18 +14,10 @@ import detection.d2compat  # noqa: F401
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
-import us3l
 from detection.datasets import check_dataset, image_files_of, register_shapes
 from detection.hooks import prune_checkpoints
 from detection.train import main
 from us3l.data import DatasetMissingError
-
-
-@pytest.fixture(scope="module")
-def ckpt(module_dir):
-    path = module_dir / "backbone.pth"
-    us3l.save_checkpoint(path, us3l.models.us_resnet18(num_classes=0), method="test", config={}, provenance={})
-    return path
 
 
 def test_group_norm_backbone_is_refused_before_anything_is_written(tmp_path, ckpt, capsys):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torchvision
-
-# write_checkpoint is re-exported for importers that still take the fixtures from this module.
-from support.layouts import PALETTE, write_checkpoint, write_cifar10, write_cifar100  # noqa: F401
+from support.layouts import PALETTE, write_cifar10, write_cifar100
 
 from us3l.data import CIFAR10, CIFAR100
 
